@@ -1,0 +1,170 @@
+"""PASCAL VOC 2012 semantic segmentation (and the SBD-augmented ``trainaug`` split) in the standard VOCdevkit layout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torchvision import tv_tensors
+
+from segbandit.errors import DataError
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+VOID = 255
+SPLITS: tuple[str, ...] = ("train", "val", "trainval", "trainaug")
+_AUG_LISTS: tuple[str, ...] = ("trainaug.txt", "train_aug.txt", "aug.txt")
+
+_LAYOUT_HINT = (
+    "expected VOCdevkit/VOC2012/{JPEGImages,SegmentationClass[Aug],ImageSets/Segmentation} "
+    "(the PASCAL VOC 2012 devkit from the official site host.robots.ox.ac.uk; SegmentationClassAug from the SBD "
+    "augmented set); without --data-root the embedded digits dataset is used"
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def find_voc2012(root: str | Path | None) -> Path:
+    """Resolve ``root`` (the folder containing ``VOCdevkit``, ``VOCdevkit`` itself, or ``VOC2012``) to VOC2012."""
+    if root is None or str(root) == "":
+        raise DataError(f"<no data root>: no PASCAL VOC root given; {_LAYOUT_HINT}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: PASCAL VOC root does not exist or is not a folder; {_LAYOUT_HINT}")
+    for cand in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
+        if (cand / "JPEGImages").is_dir() and (cand / "ImageSets" / "Segmentation").is_dir():
+            return cand
+    raise DataError(f"{root}: no VOC2012 folder with JPEGImages and ImageSets/Segmentation found; {_LAYOUT_HINT}")
+
+
+def _parse_list(list_file: Path, voc: Path, label_dir: str) -> tuple[list[str], list[Path], list[Path]]:
+    """Split-list lines ``<id>`` or ``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`` -> ids, images, masks."""
+    ids: list[str] = []
+    images: list[Path] = []
+    masks: list[Path] = []
+    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) == 1:
+            stem = Path(parts[0]).stem if "/" in parts[0] or parts[0].endswith(".jpg") else parts[0]
+            ids.append(stem)
+            images.append(voc / "JPEGImages" / f"{stem}.jpg")
+            masks.append(voc / label_dir / f"{stem}.png")
+        elif len(parts) == 2:
+            ids.append(Path(parts[0]).stem)
+            images.append(voc / parts[0].lstrip("/"))
+            masks.append(voc / parts[1].lstrip("/"))
+        else:
+            raise DataError(f"{list_file}:{lineno}: expected '<id>' or '<image> <mask>', got {line.strip()!r}")
+    if not ids:
+        raise DataError(f"{list_file}: split list is empty")
+    return ids, images, masks
+
+
+class VOCSegmentation(torch.utils.data.Dataset):
+    """PASCAL VOC 2012 segmentation; ``__getitem__(i) -> (image, mask)``.
+
+    Without ``transforms``: image tv_tensors.Image uint8 ``(3, H, W)``, mask tv_tensors.Mask int64 ``(H, W)`` of
+    palette indices 0..20 with 255 = void. With ``transforms(image, mask)`` whatever it returns (the presets give
+    float32 ``(3, h, w)`` normalised and int64 ``(h, w)``). Splits: train / val / trainval use
+    ``SegmentationClass`` (palette PNGs); trainaug uses ``SegmentationClassAug`` (index PNGs) and the list
+    ``ImageSets/Segmentation/{trainaug,train_aug,aug}.txt``. Files are checked lazily, when a sample is read.
+    """
+
+    num_classes: int = len(VOC_CLASSES)
+    class_names: tuple[str, ...] = VOC_CLASSES
+    ignore_index: int = VOID
+
+    def __init__(
+        self,
+        root: str | Path | None,
+        split: str = "train",
+        transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown VOC split {split!r}; valid splits: {', '.join(SPLITS)}")
+        self.root = find_voc2012(root)
+        self.split = split
+        self.transforms = transforms
+        seg_dir = self.root / "ImageSets" / "Segmentation"
+        if split == "trainaug":
+            label_dir = "SegmentationClassAug"
+            found = [seg_dir / n for n in _AUG_LISTS if (seg_dir / n).is_file()]
+            if not found:
+                raise DataError(
+                    f"{seg_dir / _AUG_LISTS[0]}: trainaug split list not found (also tried "
+                    f"{', '.join(_AUG_LISTS[1:])}); it ships with the SBD augmented set (SegmentationClassAug)"
+                )
+            list_file = found[0]
+        else:
+            label_dir = "SegmentationClass"
+            list_file = seg_dir / f"{split}.txt"
+            if not list_file.is_file():
+                raise DataError(f"{list_file}: split file for {split!r} not found; {_LAYOUT_HINT}")
+        if not (self.root / label_dir).is_dir():
+            raise DataError(f"{self.root / label_dir}: label folder not found; {_LAYOUT_HINT}")
+        self.list_file = list_file
+        self.ids, self.images, self.masks = _parse_list(list_file, self.root, label_dir)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _read_image(self, path: Path) -> np.ndarray:
+        try:
+            with PIL.Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
+        except FileNotFoundError:
+            raise DataError(f"{path}: image file not found") from None
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... on corrupt files
+            raise DataError(f"{path}: cannot read image ({_one_line(exc)})") from exc
+
+    def _read_mask(self, path: Path) -> np.ndarray:
+        try:
+            with PIL.Image.open(path) as im:
+                im.load()
+                mode = im.mode
+                arr = np.array(im)  # palette indices for mode "P", values for "L"
+        except FileNotFoundError:
+            raise DataError(f"{path}: mask file not found") from None
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read mask ({_one_line(exc)})") from exc
+        if arr.ndim != 2:
+            raise DataError(f"{path}: mask has mode {mode!r} shape {arr.shape}; expected a palette ('P') or index ('L') PNG")
+        return arr
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} samples")
+        img_path, mask_path = self.images[index], self.masks[index]
+        image = self._read_image(img_path)  # (H, W, 3)
+        mask = self._read_mask(mask_path)  # (H, W)
+        if image.shape[:2] != mask.shape:
+            raise DataError(
+                f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from image {img_path} "
+                f"size {image.shape[1]}x{image.shape[0]}"
+            )
+        bad = (mask >= self.num_classes) & (mask != VOID)
+        if bad.any():
+            values = np.unique(mask[bad]).tolist()
+            raise DataError(
+                f"{mask_path}: label value {values[0]} is neither < {self.num_classes} nor {VOID} "
+                f"(bad values {values[:8]})"
+            )
+        img_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))  # (3, H, W) uint8
+        mask_t = tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64)))  # (H, W) int64
+        if self.transforms is not None:
+            return self.transforms(img_t, mask_t)
+        return img_t, mask_t
+
+    def __repr__(self) -> str:
+        return f"VOCSegmentation(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"

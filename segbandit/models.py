@@ -1,0 +1,259 @@
+"""Segmentors split at the latent the head reads: ``x -> encode -> z -> decode(z, s) -> logits``.
+
+Backbones and heads are torchvision's (FCN / DeepLabV3 on ResNet, plus a ResNet-18 FCN at output
+stride 8 for CPUs). With a modulation, the decoder reads ``concat(z, alpha * modulation(z, s))``
+(paper Sec. 3.2, Eq. 13-14), so the head's input convolutions are widened from ``d`` to ``2d``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import ResNet18_Weights, ResNet50_Weights, ResNet101_Weights, WeightsEnum, resnet18
+from torchvision.models import segmentation as tv_seg
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.segmentation.deeplabv3 import ASPP
+from torchvision.models.segmentation.fcn import FCNHead
+
+from segbandit.modulation import MODULATION_NAMES, make_modulation
+
+__all__ = ["Segmentor", "SegmentorParts", "SEGMENTORS", "build_segmentor", "widen_head_input"]
+
+
+class SegmentorParts(NamedTuple):
+    """What a registry builder returns: the pieces a :class:`Segmentor` wraps."""
+
+    backbone: nn.Module  # x -> {"out": (B, d, h, w), "aux": (B, c_aux, h, w) if aux}
+    classifier: nn.Module  # (B, d, h, w) -> (B, K, h, w), before widening
+    aux_classifier: Optional[nn.Module]
+    latent_channels: int
+
+
+def _load_weights(weights: Optional[WeightsEnum], build: Callable[[], nn.Module]) -> nn.Module:
+    """Run ``build``; if it needed ``weights`` and fetching them failed, raise a one-line RuntimeError."""
+    if weights is None:
+        return build()
+    try:
+        return build()
+    except Exception as err:  # URLError, OSError, hash mismatch: all mean "no usable weights file"
+        fname = os.path.basename(weights.url)
+        cause = " ".join(f"{type(err).__name__}: {err}".split())
+        raise RuntimeError(
+            f"pretrained backbone weights {weights} could not be downloaded ({cause}); "
+            f"place {fname} in {os.path.join(torch.hub.get_dir(), 'checkpoints')} or use pretrained_backbone=False"
+        ) from err
+
+
+def _dilate_basic_layer(layer: nn.Sequential, dilation: int) -> None:
+    """Turn a strided ResNet BasicBlock stage into a dilated stride-1 stage, in place (all 3x3 convs dilated)."""
+    first = layer[0]
+    first.stride = 1
+    first.conv1.stride = (1, 1)
+    if first.downsample is not None:
+        first.downsample[0].stride = (1, 1)
+    for block in layer:
+        for conv in (block.conv1, block.conv2):  # 3x3: padding = dilation keeps the size
+            conv.dilation = (dilation, dilation)
+            conv.padding = (dilation, dilation)
+
+
+def _fcn_resnet18(num_classes: int, pretrained_backbone: bool, aux_loss: bool) -> SegmentorParts:
+    weights = ResNet18_Weights.IMAGENET1K_V1 if pretrained_backbone else None
+    net = _load_weights(weights, lambda: resnet18(weights=weights))
+    _dilate_basic_layer(net.layer3, 2)  # output stride 32 -> 8, like the D8 ResNets
+    _dilate_basic_layer(net.layer4, 4)
+    return_layers = {"layer4": "out", "layer3": "aux"} if aux_loss else {"layer4": "out"}
+    backbone = IntermediateLayerGetter(net, return_layers=return_layers)
+    aux = FCNHead(256, num_classes) if aux_loss else None
+    return SegmentorParts(backbone, FCNHead(512, num_classes), aux, 512)
+
+
+def _torchvision_builder(fn: Callable[..., nn.Module], backbone_weights: WeightsEnum):
+    """Registry builder taking backbone, head and aux head from a torchvision segmentation builder."""
+
+    def build(num_classes: int, pretrained_backbone: bool, aux_loss: bool) -> SegmentorParts:
+        weights = backbone_weights if pretrained_backbone else None
+        model = _load_weights(
+            weights, lambda: fn(weights=None, weights_backbone=weights, num_classes=num_classes, aux_loss=aux_loss)
+        )
+        return SegmentorParts(model.backbone, model.classifier, model.aux_classifier, 2048)
+
+    build.__name__ = f"_{fn.__name__}"
+    return build
+
+
+SEGMENTORS: dict[str, Callable[[int, bool, bool], SegmentorParts]] = {
+    "fcn_resnet18": _fcn_resnet18,
+    "fcn_resnet50": _torchvision_builder(tv_seg.fcn_resnet50, ResNet50_Weights.IMAGENET1K_V1),
+    "fcn_resnet101": _torchvision_builder(tv_seg.fcn_resnet101, ResNet101_Weights.IMAGENET1K_V1),
+    "deeplabv3_resnet50": _torchvision_builder(tv_seg.deeplabv3_resnet50, ResNet50_Weights.IMAGENET1K_V1),
+}
+
+
+def _widened(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """A freshly initialised Conv2d like ``conv`` but reading ``in_channels`` channels."""
+    return nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+
+
+def widen_head_input(head: nn.Module, in_channels: int, new_in_channels: int) -> None:
+    """Replace, in place, the convs of ``head``'s first stage reading ``in_channels`` by ones reading ``new_in_channels``.
+
+    FCNHead: its first conv. DeepLabHead: every ASPP branch conv (the 1x1, the atrous 3x3s, the pooling 1x1).
+    """
+    if not isinstance(head, nn.Sequential) or len(head) == 0:
+        raise TypeError(f"cannot widen the input of head {type(head).__name__}: expected an FCNHead or a DeepLabHead")
+    if isinstance(head[0], ASPP):
+        targets = [
+            (parent, name)
+            for parent in head[0].convs.modules()
+            for name, child in parent.named_children()
+            if isinstance(child, nn.Conv2d) and child.in_channels == in_channels
+        ]
+    elif isinstance(head[0], nn.Conv2d) and head[0].in_channels == in_channels:
+        targets = [(head, "0")]
+    else:
+        targets = []
+    if not targets:
+        raise ValueError(f"no conv reading {in_channels} channels in the first stage of {type(head).__name__}")
+    for parent, name in targets:
+        setattr(parent, name, _widened(getattr(parent, name), new_in_channels))
+
+
+class Segmentor(nn.Module):
+    """An encoder (backbone), an optional policy-signal modulation, and a decoder (head).
+
+    ``encode(x)`` gives the latent ``z`` (B, d, h, w) the head reads; ``decode(z, s)`` gives logits. With a
+    modulation the head reads ``concat(z, alpha * modulation(z, s))`` (2d channels), else ``z`` (d channels).
+    """
+
+    aux_weight: float = 0.4  # CE weight of the auxiliary head (mmsegmentation / SSSegmentation)
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        classifier: nn.Module,
+        num_classes: int,
+        latent_channels: int,
+        aux_classifier: Optional[nn.Module] = None,
+        modulation: str = "attention",
+        **modulation_kw,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.latent_channels = latent_channels
+        self.modulation_name = modulation
+        self.backbone = backbone
+        self.modulation = make_modulation(modulation, latent_channels, **modulation_kw)
+        if self.modulation is not None:
+            self.alpha = nn.Parameter(torch.tensor(1.0))  # learnable scale on z_mod (Sec. 3.2)
+            widen_head_input(classifier, latent_channels, 2 * latent_channels)
+        else:
+            self.alpha = None
+        self.classifier = classifier
+        self.aux_classifier = aux_classifier
+
+    @property
+    def decoder_channels(self) -> int:
+        """Channels the head reads: 2d with a modulation, d without."""
+        return self.latent_channels * (1 if self.modulation is None else 2)
+
+    def _check_image(self, x: Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise ValueError(
+                f"expected x of shape (B, 3, H, W) and floating dtype, got shape {tuple(x.shape)} dtype {x.dtype}"
+            )
+
+    def _check_latent(self, z: Tensor) -> None:
+        if z.ndim != 4 or z.shape[1] != self.latent_channels:
+            raise ValueError(f"expected z of shape (B, {self.latent_channels}, h, w), got {tuple(z.shape)}")
+
+    def features(self, x: Tensor) -> dict[str, Tensor]:
+        """Backbone features of x (B, 3, H, W): {"out": z (B, d, h, w), "aux": (B, c_aux, h, w) if aux head}."""
+        self._check_image(x)
+        return dict(self.backbone(x))
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Latent z (B, d, h, w) of images x (B, 3, H, W): the exact tensor the head reads."""
+        return self.features(x)["out"]
+
+    def decoder_input(self, z: Tensor, s: Optional[Tensor] = None) -> Tensor:
+        """concat(z, alpha * modulation(z, s)) (B, 2d, h, w), or z (B, d, h, w) without modulation."""
+        self._check_latent(z)
+        if self.modulation is None:
+            return z
+        m = self.modulation(z, s)  # (B, d, h, w)
+        return torch.cat([z, (self.alpha * m).to(z.dtype)], dim=1)  # (B, 2d, h, w)
+
+    def decode(self, z: Tensor, s: Optional[Tensor] = None, out_size: Optional[tuple[int, int]] = None) -> Tensor:
+        """Logits (B, K, H, W) at ``out_size`` ((h, w) when None) from z (B, d, h, w) and signal s (B, d, h, w)."""
+        logits = self.classifier(self.decoder_input(z, s))  # (B, K, h, w)
+        if out_size is not None:
+            logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
+        return logits
+
+    def decode_aux(self, aux_feat: Tensor, out_size: Optional[tuple[int, int]] = None) -> Tensor:
+        """Aux-head logits (B, K, H, W) at ``out_size`` from the aux feature (B, c_aux, h, w)."""
+        if self.aux_classifier is None:
+            raise ValueError("this segmentor has no aux head (built with aux_loss=False)")
+        logits = self.aux_classifier(aux_feat)  # (B, K, h, w)
+        if out_size is not None:
+            logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
+        return logits
+
+    def forward(self, x: Tensor, s: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """torchvision-style {"out": (B, K, H, W), "aux": (B, K, H, W) if aux head}; s=None is a zero signal."""
+        feats = self.features(x)
+        size = (x.shape[-2], x.shape[-1])
+        result = {"out": self.decode(feats["out"], s, size)}
+        if self.aux_classifier is not None:
+            result["aux"] = self.decode_aux(feats["aux"], size)
+        return result
+
+
+def build_segmentor(
+    name: str,
+    num_classes: int,
+    modulation: str = "attention",
+    pretrained_backbone: bool = False,
+    aux_loss: bool = True,
+    attn_dim: Optional[int] = None,
+    num_heads: int = 8,
+) -> Segmentor:
+    """Build segmentor ``name`` (see ``SEGMENTORS``) for ``num_classes`` classes with the given modulation.
+
+    ``attn_dim`` / ``num_heads`` configure the attention modulations and are ignored by the others.
+    ``pretrained_backbone=True`` loads ImageNet backbone weights through torchvision's weights API.
+    """
+    if name not in SEGMENTORS:
+        raise ValueError(f"unknown segmentor {name!r}; valid names: {', '.join(sorted(SEGMENTORS))}")
+    if modulation not in MODULATION_NAMES:
+        raise ValueError(f"unknown modulation {modulation!r}; valid names: {', '.join(MODULATION_NAMES)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    kw = {"attn_dim": attn_dim, "num_heads": num_heads} if modulation in ("attention", "self_attention") else {}
+    parts = SEGMENTORS[name](num_classes, pretrained_backbone, aux_loss)
+    return Segmentor(
+        parts.backbone,
+        parts.classifier,
+        num_classes,
+        parts.latent_channels,
+        aux_classifier=parts.aux_classifier,
+        modulation=modulation,
+        **kw,
+    )
