@@ -121,7 +121,7 @@ class VOCSegmentation(torch.utils.data.Dataset):
     def _read_image(self, path: Path) -> np.ndarray:
         try:
             with PIL.Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
+                return np.array(im.convert("RGB"))  # (H, W, 3) uint8, writable
         except FileNotFoundError:
             raise DataError(f"{path}: image file not found") from None
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... on corrupt files
@@ -160,7 +160,7 @@ class VOCSegmentation(torch.utils.data.Dataset):
                 f"{mask_path}: label value {values[0]} is neither < {self.num_classes} nor {VOID} "
                 f"(bad values {values[:8]})"
             )
-        img_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))  # (3, H, W) uint8
+        img_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))  # (3, H, W) uint8
         mask_t = tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64)))  # (H, W) int64
         if self.transforms is not None:
             return self.transforms(img_t, mask_t)
