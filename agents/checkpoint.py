@@ -1,0 +1,131 @@
+"""Atomic, weights_only-loadable training checkpoints ``ckpt_XXXXXXX.pt`` and the RNG state they carry.
+
+A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so
+``torch.load(path, weights_only=True)`` reads it.  It is written to a temporary file in the same folder,
+flushed and fsynced, then moved into place with ``os.replace``: a crash never leaves a half-written
+``ckpt_*.pt``.  Only the newest ``keep`` checkpoints are kept.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_CKPT_RE = re.compile(r"^ckpt_(\d{7,})\.pt$")
+
+
+def checkpoint_name(iteration: int) -> str:
+    """``ckpt_0001234.pt`` for iteration 1234."""
+    if iteration < 0:
+        raise ValueError(f"iteration must be >= 0, got {iteration}")
+    return f"ckpt_{iteration:07d}.pt"
+
+
+def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
+    """The ``ckpt_*.pt`` files of ``out_dir``, oldest iteration first (empty if the folder does not exist)."""
+    folder = Path(out_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint with the highest iteration in ``out_dir``, or None."""
+    ckpts = list_checkpoints(out_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], keep: int | None = 3) -> Path:
+    """Write ``state`` to ``path`` atomically; then delete all but the newest ``keep`` ``ckpt_*.pt`` beside it.
+
+    ``keep=None`` keeps everything.  Returns the final path.
+    """
+    path = Path(path)
+    folder = path.parent.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    if keep is not None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 or None, got {keep}")
+        for old in list_checkpoints(folder)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` (tensors and plain values only)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# ----------------------------------------------------------------------------- RNG state as plain values
+
+
+def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """Python, numpy, torch CPU (and CUDA, if initialised) RNG states plus named generators, as plain values/tensors."""
+    version, internal, gauss = random.getstate()
+    key, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": int(version), "state": [int(x) for x in internal], "gauss": gauss},
+        "numpy": {
+            "key": str(key),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),  # uint32 values fit in int64
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
+    }
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+    """Inverse of :func:`capture_rng_state` (generators are restored by name when present in both)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npst = state["numpy"]
+    keys = npst["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npst["key"], keys, npst["pos"], npst["has_gauss"], npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    for name, g in (generators or {}).items():
+        if name in state.get("generators", {}):
+            g.set_state(state["generators"][name].cpu())
+
+
+__all__ = [
+    "capture_rng_state",
+    "checkpoint_name",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]

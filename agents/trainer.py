@@ -1,0 +1,517 @@
+"""The co-training trainer: one segmentor forward and one backward per batch for Eq. 6.
+
+``L = L_CE + aux_weight * L_CE(aux) + lambda_P * L_Policy + lambda_KL * KL(pi_ref || pi_phi)``  (Eq. 2, 4-6)
+
+Per batch (``CoTrainer.train_step``):
+
+1. ``feats = segmentor.features(x)``; ``z = feats["out"]`` (B, d, h, w).
+2. ``mu, log_std = policy(z.detach())`` (Eq. 7-10): the policy reads *detached* latents, so the policy and KL
+   losses never reach the encoder.  The policy runs in float32 (also under autocast) so that the behaviour
+   parameters and the objective's own recomputation agree exactly.
+3. ``s = mu + sigma * eps`` (Eq. 11, reparameterised, noise from the trainer's seeded ``torch.Generator``): the CE
+   loss reaches the policy through ``s``.
+4. ``logits = segmentor.decode(z, s)``, aux logits from the aux head; CE with ignore_index 255.
+5. ``r = reward_fn(logits.detach(), y)`` (Eq. 15, float32), then ``PolicyObjective`` (Eq. 3-5, 16-18) on the
+   detached ``z``, ``s`` and behaviour parameters.
+6. One backward; a guarded step (a non-finite loss or gradient norm is not applied, the iteration is reported and
+   counted); ``optimizer.step()``, ``scheduler.step()``, ``objective.after_step()`` (EMA reference, Eq. 19).
+
+Schedules (paper Table 1):
+
+- ``joint`` (default): Eq. 6 from the first step.
+- ``sft_then_rl``: the first half of ``max_iters`` is supervised fine-tuning: CE (+aux) only, policy and KL terms
+  off.  The modulation is fed the deterministic action ``s = mu`` during SFT, so the policy's mean head and the
+  modulation path are trained by CE as ordinary layers of the network and the RL phase starts from a calibrated
+  action space (feeding zeros would leave the decoder untrained for a signal, and sampling would already be RL
+  exploration).  The second half is RL only: ``L = lambda_P L_Policy + L_KL``, the CE term off; the segmentor is
+  then frozen (eval mode, no gradient) and only the policy (and a critic, if any) learns.
+- ``rl_only``: no CE at all: ``L = lambda_P L_Policy + L_KL``; only the policy learns and the segmentor stays at its
+  initialisation (frozen, eval mode: it is the bandit's deterministic transition).  This is the paper's
+  "only RL" row (6.4 mIoU): without supervision the decoder never learns the classes.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Sampler
+
+from agents.checkpoint import capture_rng_state, restore_rng_state
+from agents.config import TrainConfig
+from segbandit.metrics import SegmentationMetric
+from segbandit.policy import LatentPolicy, broadcast_action, sample_action
+from segbandit.rewards import CompositeReward
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+REWARD_TERMS: tuple[str, ...] = ("iou", "dice", "ce", "boundary", "total")
+OBJECTIVE_DIAGNOSTICS: tuple[str, ...] = (
+    "ratio",
+    "clip_fraction",
+    "kl",
+    "approx_kl",
+    "entropy",
+    "advantage",
+    "baseline",
+    "log_ratio_max",
+    "nonfinite_ratio",
+)
+LOSS_KEYS: tuple[str, ...] = ("loss", "loss_ce", "loss_aux", "loss_policy", "loss_kl", "loss_critic", "loss_entropy")
+
+
+# ----------------------------------------------------------------------------- seeding, devices, optimiser
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None -> cuda if available, else cpu; anything else as given."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_optimizer(cfg: TrainConfig, params: Iterable[Any]) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg``: SGD(lr, momentum, weight_decay) (the paper's FCN recipe) or AdamW(lr, weight_decay).
+
+    ``params``: parameters or param groups (dicts with ``"params"``; a group may carry its own ``"lr"``).
+    """
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid names: sgd, adamw")
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Poly decay over the whole run: ``lr_t = lr * (1 - t / max_iters) ** poly_power`` (torch's PolynomialLR)."""
+    return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=cfg.max_iters, power=cfg.poly_power)
+
+
+class IterationBatchSampler(Sampler[list[int]]):
+    """Endless batches whose content depends only on (seed, iteration): resuming at iteration t is exact.
+
+    Epoch e is ``torch.randperm(n)`` from a generator seeded with ``seed + e``; batch t is the slice
+    ``[k*B, (k+1)*B)`` of epoch ``t // (n // B)`` with ``k = t % (n // B)`` (the incomplete tail of an epoch is dropped).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, start_iteration: int = 0) -> None:
+        if batch_size < 1 or num_samples < batch_size:
+            raise ValueError(f"need 1 <= batch_size <= num_samples, got batch_size={batch_size}, num_samples={num_samples}")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start_iteration = start_iteration
+        self.batches_per_epoch = num_samples // batch_size
+
+    def batch(self, iteration: int) -> list[int]:
+        """Indices of batch ``iteration`` (0-based)."""
+        epoch, k = divmod(iteration, self.batches_per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.num_samples, generator=g)
+        return perm[k * self.batch_size : (k + 1) * self.batch_size].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        t = self.start_iteration
+        while True:
+            yield self.batch(t)
+            t += 1
+
+    def __len__(self) -> int:  # endless; DataLoader only needs a number for len(), never used by the loop
+        return 2**62
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+def _check_batch(images: torch.Tensor, masks: torch.Tensor) -> None:
+    if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise ValueError(f"expected images of shape (B, 3, H, W) float, got {tuple(images.shape)} {images.dtype}")
+    if masks.dim() != 3 or masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+        raise ValueError(
+            f"expected masks of shape (B, H, W) = {(images.shape[0], *images.shape[-2:])}, got {tuple(masks.shape)}"
+        )
+    if masks.dtype != torch.int64:
+        raise ValueError(f"expected int64 masks (255 = void), got {masks.dtype}")
+
+
+class CoTrainer:
+    """Co-trains a :class:`segbandit.models.Segmentor` and a :class:`LatentPolicy` with Eq. 6.
+
+    Args:
+        segmentor: the encoder / modulation / decoder (``features``, ``decode``, ``decode_aux``).
+        policy: the latent policy pi_phi reading ``z``.
+        objective: an ``agents.objective.PolicyObjective`` over the same ``policy`` (baseline, EMA reference, loss).
+        optimizer, scheduler: built over segmentor, policy and (if any) critic parameters, e.g. with
+            :func:`build_optimizer` / :func:`build_scheduler`.
+        cfg: the run's :class:`TrainConfig` (lambdas, schedule, action mode, aux weight, grad clip, seed...).
+        reward_fn: ``(logits, masks) -> dict`` of (B,) terms and ``"total"`` (default: ``CompositeReward``).
+        device: where the batches go (default: the segmentor's device).
+    """
+
+    def __init__(
+        self,
+        segmentor: nn.Module,
+        policy: LatentPolicy,
+        objective: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        cfg: TrainConfig,
+        reward_fn: Any = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.segmentor = segmentor
+        self.policy = policy
+        self.objective = objective
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.cfg = cfg
+        self.num_classes = int(segmentor.num_classes)
+        self.reward_fn = reward_fn or CompositeReward(
+            self.num_classes, tuple(cfg.reward_weights), IGNORE_INDEX, cfg.boundary_tolerance
+        )
+        self.device = torch.device(device) if device is not None else next(segmentor.parameters()).device
+        # bf16 autocast on CUDA, built once and reused; a no-op context on CPU.  Rewards, metrics and KL cast inside.
+        if self.device.type == "cuda" and cfg.amp:
+            self._autocast: Any = torch.autocast("cuda", dtype=torch.bfloat16)
+        else:
+            self._autocast = contextlib.nullcontext()
+        self.generator = torch.Generator(device=self.device).manual_seed(int(cfg.seed) + 1)  # action noise (Eq. 11)
+        self.iteration = 0  # completed (attempted) iterations
+        self.nonfinite_streak = 0
+        self.skipped_iterations: list[int] = []
+        self._params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    # -- construction from a config
+
+    @classmethod
+    def from_config(
+        cls, cfg: TrainConfig, num_classes: int, device: str | torch.device | None = None, reward_fn: Any = None
+    ) -> "CoTrainer":
+        """Seed everything from ``cfg.seed`` and build segmentor, policy, objective, optimiser and schedule."""
+        from agents.objective import PolicyObjective  # the TorchRL half of agents/
+        from segbandit.models import build_segmentor
+
+        seed_everything(cfg.seed)
+        dev = resolve_device(device if device is not None else cfg.device)
+        segmentor = build_segmentor(
+            cfg.model,
+            num_classes,
+            modulation=cfg.modulation,
+            pretrained_backbone=cfg.pretrained_backbone,
+            aux_loss=cfg.aux_weight > 0,
+            attn_dim=cfg.attn_dim,
+            num_heads=cfg.num_heads,
+        )
+        policy = LatentPolicy(
+            segmentor.latent_channels,
+            hidden_channels=cfg.policy_hidden,
+            num_blocks=cfg.policy_blocks,
+            pool_size=cfg.policy_pool,
+            logstd_bound=cfg.logstd_bound,
+        )
+        segmentor.to(dev)
+        policy.to(dev)
+        objective = PolicyObjective(
+            policy,
+            cfg.algo,
+            action_mode=cfg.action_mode,
+            reduction=cfg.logprob_reduction,
+            baseline=cfg.baseline,
+            tau=cfg.tau,
+            eta=cfg.eta,
+            a_min=cfg.a_min,
+            a_max=cfg.a_max,
+            clip_epsilon=cfg.clip_eps,
+            lambda_kl=cfg.lambda_kl,
+            entropy_coef=cfg.entropy_coef,
+        ).to(dev)
+        optimizer = build_optimizer(cfg, param_groups(segmentor, policy, objective, cfg))
+        scheduler = build_scheduler(cfg, optimizer)
+        return cls(segmentor, policy, objective, optimizer, scheduler, cfg, reward_fn=reward_fn, device=dev)
+
+    # -- schedule (Table 1)
+
+    def phase(self, iteration: int | None = None) -> str:
+        """``"joint"`` (Eq. 6), ``"sft"`` (CE only, s = mu) or ``"rl"`` (policy terms only) at 1-based ``iteration``."""
+        it = self.iteration + 1 if iteration is None else iteration
+        if self.cfg.schedule == "joint":
+            return "joint"
+        if self.cfg.schedule == "rl_only":
+            return "rl"
+        return "sft" if it <= self.cfg.max_iters // 2 else "rl"  # sft_then_rl
+
+    # -- one batch
+
+    def _forward_losses(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """The loss of Eq. 6 for one batch (with graph) and its detached terms; loss None if the batch is unusable."""
+        _check_batch(images, masks)
+        phase = self.phase()
+        use_ce, use_rl = phase in ("joint", "sft"), phase in ("joint", "rl")
+        seg = self.segmentor
+        seg.train(use_ce)  # CE off: the segmentor is the frozen environment (eval mode, no gradient)
+        self.policy.train()
+        out_size = (int(masks.shape[-2]), int(masks.shape[-1]))
+        grad_ctx = contextlib.nullcontext() if use_ce else torch.no_grad()
+        with grad_ctx, self._autocast:
+            feats = seg.features(images)
+        z = feats["out"]  # (B, d, h, w)
+        z_pol = z.detach().float()  # (B, d, h, w): the policy never sends gradient into the encoder
+        mu, log_std = self.policy(z_pol)  # (B, d) each, float32, Eq. 7-10
+        spatial = tuple(z.shape[-2:]) if self.cfg.action_mode == "dense" else None
+        if phase == "sft":
+            action = mu if spatial is None else mu[:, :, None, None].expand(-1, -1, *spatial)  # s = mu
+        else:
+            action = sample_action(mu, log_std, spatial, generator=self.generator)  # Eq. 11, reparameterised
+        signal = broadcast_action(action, tuple(z.shape[-2:]))  # (B, d, h, w)
+        with grad_ctx, self._autocast:
+            logits = seg.decode(z, signal, out_size=out_size)  # (B, K, H, W)
+            aux = (
+                seg.decode_aux(feats["aux"], out_size)
+                if use_ce and self.cfg.aux_weight > 0 and getattr(seg, "aux_classifier", None) is not None
+                else None
+            )  # (B, K, H, W)
+        zero = torch.zeros((), device=images.device)
+        terms: dict[str, torch.Tensor] = {k: zero for k in LOSS_KEYS}
+        diag: dict[str, torch.Tensor] = {k: torch.full((), math.nan, device=images.device) for k in OBJECTIVE_DIAGNOSTICS}
+        stats = {"phase": phase}
+        if not bool(torch.isfinite(logits.detach()).all()):
+            return None, {**stats, "reason": "non-finite logits", **_floats({**terms, **diag})}
+        reward = self.reward_fn(logits.detach(), masks)  # Eq. 15, (B,) float32 terms
+        r_stats = {f"reward_{k}": reward[k].mean() for k in REWARD_TERMS}
+        if not bool(torch.isfinite(reward["total"]).all()):
+            return None, {**stats, "reason": "non-finite reward", **_floats({**terms, **diag, **r_stats})}
+        loss = zero
+        if use_ce:
+            terms["loss_ce"] = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)  # Eq. 2
+            if aux is not None:
+                terms["loss_aux"] = F.cross_entropy(aux.float(), masks, ignore_index=IGNORE_INDEX)
+            loss = terms["loss_ce"] + self.cfg.aux_weight * terms["loss_aux"]
+        if use_rl:
+            pol = self.objective(
+                z_pol, action.detach(), reward["total"].detach(), mu.detach(), log_std.exp().detach()
+            )  # Eq. 3-5, 16-18
+            for k in ("loss_policy", "loss_kl", "loss_critic", "loss_entropy"):
+                if k in pol:
+                    terms[k] = torch.as_tensor(pol[k], device=images.device)
+            # Eq. 6 (loss_kl already carries lambda_KL); a critic's value loss and an entropy bonus when present
+            loss = loss + self.cfg.lambda_policy * terms["loss_policy"] + terms["loss_kl"]
+            loss = loss + terms["loss_critic"] + terms["loss_entropy"]
+            for k in OBJECTIVE_DIAGNOSTICS:
+                if k in pol:
+                    diag[k] = torch.as_tensor(pol[k], dtype=torch.float32, device=images.device)
+        terms["loss"] = loss
+        return loss, {**stats, **_floats({**terms, **diag, **r_stats})}
+
+    def backward_only(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, Any]:
+        """Zero the gradients, compute the batch loss and backpropagate it, without stepping (for inspection)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        images, masks = images.to(self.device), masks.to(self.device)
+        loss, stats = self._forward_losses(images, masks)
+        if loss is not None and loss.requires_grad:
+            loss.backward()
+        return stats
+
+    def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, Any]:
+        """One co-training iteration on a batch: images (B, 3, H, W) float, masks (B, H, W) int64 (255 = void).
+
+        Returns python floats: ``loss``, ``loss_ce``, ``loss_aux``, ``loss_policy``, ``loss_kl``, ``loss_critic``,
+        ``loss_entropy``, ``reward_{iou,dice,ce,boundary,total}`` (batch means), ``ratio``, ``clip_fraction``, ``kl``,
+        ``approx_kl``, ``entropy``, ``advantage``, ``baseline`` (NaN when the objective did not run, e.g. during SFT),
+        ``grad_norm``, ``lr``, ``skipped`` (0/1) and ``iteration``; plus ``phase`` (str).
+        A non-finite loss or gradient norm is not applied: gradients are dropped, the iteration is logged and
+        counted, and ``max_nonfinite`` skips in a row raise RuntimeError.
+        """
+        iteration = self.iteration + 1
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        self.optimizer.zero_grad(set_to_none=True)
+        images = images.to(self.device, non_blocking=True)
+        masks = masks.to(self.device, non_blocking=True)
+        loss, stats = self._forward_losses(images, masks)
+        reason = stats.pop("reason", None)
+        grad_norm = math.nan
+        if loss is not None and not bool(torch.isfinite(loss.detach())):
+            reason = f"non-finite loss {float(loss.detach()):.4g}"
+        if reason is None and loss is not None and loss.requires_grad:
+            loss.backward()
+            max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
+            norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm=max_norm)
+            grad_norm = float(norm)
+            if not math.isfinite(grad_norm):
+                reason = f"non-finite gradient norm {grad_norm}"
+        if reason is None:
+            self.optimizer.step()
+            self.nonfinite_streak = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_streak += 1
+            self.skipped_iterations.append(iteration)
+            logger.warning(
+                "iteration %d: %s; the step was skipped (not applied), %d in a row",
+                iteration,
+                reason,
+                self.nonfinite_streak,
+            )
+            if self.nonfinite_streak >= self.cfg.max_nonfinite:
+                raise RuntimeError(
+                    f"iteration {iteration}: {self.nonfinite_streak} consecutive non-finite steps "
+                    f"(max_nonfinite={self.cfg.max_nonfinite}), last: {reason}; lower --lr, set --grad-clip, or "
+                    f"use --logprob-reduction mean"
+                )
+        if self.scheduler is not None:  # the schedule follows the iteration count, skipped or not
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                self.scheduler.step()
+        if reason is None:
+            self.objective.after_step()  # Eq. 19: pi_ref <- eta pi_ref + (1 - eta) pi_phi
+        self.iteration = iteration
+        stats.update(grad_norm=grad_norm, lr=lr, skipped=0.0 if reason is None else 1.0, iteration=iteration)
+        if reason is not None:
+            stats["skip_reason"] = reason
+        return stats
+
+    # -- evaluation
+
+    @torch.no_grad()
+    def predict(
+        self, images: torch.Tensor, deterministic: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Logits (B, K, H, W) float32 for images (B, 3, H, W) with s = mu (deterministic) or a sampled s."""
+        images = images.to(self.device)
+        z = self._encode(images)
+        mu, log_std = self.policy(z.float())  # (B, d)
+        spatial = tuple(z.shape[-2:]) if self.cfg.action_mode == "dense" else None
+        if deterministic:
+            action = mu if spatial is None else mu[:, :, None, None].expand(-1, -1, *spatial)
+        else:
+            action = sample_action(mu, log_std, spatial, generator=generator)
+        with self._autocast:
+            logits = self.segmentor.decode(z, broadcast_action(action, tuple(z.shape[-2:])), out_size=images.shape[-2:])
+        return logits.float()
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        with self._autocast:
+            return self.segmentor.encode(images)  # (B, d, h, w)
+
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable[Any], deterministic: bool = True, max_batches: int | None = None) -> dict[str, Any]:
+        """mIoU & co. over ``loader`` with the deterministic action s = mu (or sampled actions).
+
+        Returns ``miou``, ``pixel_acc``, ``mean_dice`` (floats), ``per_class_iou`` (list of K floats, NaN for classes
+        absent from target and prediction), the mean reward terms ``reward_{iou,dice,ce,boundary,total}`` and
+        ``num_images``.  Sampling uses its own generator seeded from ``cfg.seed``, so evaluating never shifts the
+        training noise stream and is itself reproducible.
+        """
+        was_training = (self.segmentor.training, self.policy.training)
+        self.segmentor.eval()
+        self.policy.eval()
+        metric = SegmentationMetric(self.num_classes, IGNORE_INDEX, device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(int(self.cfg.seed) + 7919)
+        sums = {k: 0.0 for k in REWARD_TERMS}
+        n = 0
+        try:
+            for i, (images, masks) in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                images, masks = images.to(self.device), masks.to(self.device)
+                logits = self.predict(images, deterministic, gen)  # (B, K, H, W)
+                metric.update(logits, masks)
+                reward = self.reward_fn(logits, masks)
+                for k in REWARD_TERMS:
+                    sums[k] += float(reward[k].sum())
+                n += images.shape[0]
+        finally:
+            self.segmentor.train(was_training[0])
+            self.policy.train(was_training[1])
+        res = metric.compute()
+        out: dict[str, Any] = {
+            "miou": float(res["miou"]),
+            "pixel_acc": float(res["pixel_acc"]),
+            "mean_dice": float(res["mean_dice"]),
+            "per_class_iou": [float(v) for v in res["per_class_iou"].tolist()],
+            "num_images": n,
+        }
+        out.update({f"reward_{k}": sums[k] / max(n, 1) for k in REWARD_TERMS})
+        return out
+
+    # -- checkpoint state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume, as tensors and plain values (``torch.load(weights_only=True)``-safe)."""
+        return {
+            "segmentor": self.segmentor.state_dict(),
+            "policy": self.policy.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "iteration": self.iteration,
+            "nonfinite_streak": self.nonfinite_streak,
+            "skipped_iterations": list(self.skipped_iterations),
+            "rng": capture_rng_state({"action": self.generator}),
+            "config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], restore_rng: bool = True) -> None:
+        """Restore a :meth:`state_dict` (models, objective, optimiser, schedule, iteration, RNG states)."""
+        self.segmentor.load_state_dict(state["segmentor"])
+        self.policy.load_state_dict(state["policy"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.iteration = int(state["iteration"])
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        self.skipped_iterations = [int(i) for i in state.get("skipped_iterations", [])]
+        if restore_rng and "rng" in state:
+            restore_rng_state(state["rng"], {"action": self.generator})
+
+
+def param_groups(segmentor: nn.Module, policy: nn.Module, objective: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Optimiser groups: segmentor, policy (lr = ``cfg.policy_lr`` or ``cfg.lr``) and the objective's critic, if any."""
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in segmentor.parameters() if p.requires_grad], "name": "segmentor"},
+        {
+            "params": [p for p in policy.parameters() if p.requires_grad],
+            "name": "policy",
+            "lr": cfg.policy_lr if cfg.policy_lr is not None else cfg.lr,
+        },
+    ]
+    critic = getattr(objective, "critic", None)
+    if critic is not None:
+        groups.append({"params": [p for p in critic.parameters() if p.requires_grad], "name": "critic"})
+    return groups
+
+
+def _floats(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
+    """0-d tensors -> python floats with one device sync."""
+    if not tensors:
+        return {}
+    keys = list(tensors)
+    values = torch.stack([t.detach().float().reshape(()) for t in tensors.values()]).tolist()
+    return dict(zip(keys, values))
+
+
+__all__ = [
+    "CoTrainer",
+    "IterationBatchSampler",
+    "build_optimizer",
+    "build_scheduler",
+    "param_groups",
+    "resolve_device",
+    "seed_everything",
+]

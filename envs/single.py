@@ -1,0 +1,78 @@
+"""``SegBanditEnv``: the single-image ``SegBandit-v0``, a ``num_envs=1`` view of :class:`SegBanditVectorEnv`.
+
+No second implementation: ``step`` runs the vector env's (same-step autoreset) step on a batch of one,
+returns the scored observation as the terminal observation, and keeps the next image's observation, which
+the following ``reset()`` hands out without encoding anything again. ``reset(seed=...)`` re-seeds the
+image order and draws afresh.
+
+Every step terminates (a one-step episode, gamma = 1). Stepping again without ``reset()`` continues on the
+next image, as the vector env's same-step autoreset does; call ``reset()`` to see its observation first.
+"""
+from __future__ import annotations
+
+from typing import Any, Union
+
+import gymnasium as gym
+import numpy as np
+from torch import Tensor
+
+from envs.core import REWARD_TERMS
+from envs.vector import SegBanditVectorEnv
+
+
+class SegBanditEnv(gym.Env):
+    """One image per step. Keyword arguments: those of :class:`envs.core.SegBanditConfig` (not ``num_envs``)."""
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, **kwargs: Any) -> None:
+        if "num_envs" in kwargs:
+            raise TypeError("SegBanditEnv is a single env; use SegBanditVectorEnv (or gymnasium.make_vec) for num_envs")
+        self.vector_env = SegBanditVectorEnv(num_envs=1, **kwargs)
+        self.observation_space = self.vector_env.single_observation_space
+        self.action_space = self.vector_env.single_action_space
+        self.render_mode = None
+        self.metadata = dict(type(self).metadata)
+        if self.vector_env.array_type == "torch":
+            self.metadata["torch"] = True  # lets gymnasium's check_env convert through TorchToNumpy
+        self._next_obs: Union[np.ndarray, Tensor, None] = None
+
+    @property
+    def segmentor(self):
+        """The segmentor the env decodes with."""
+        return self.vector_env.segmentor
+
+    @property
+    def reward_fn(self):
+        """The composite reward (Eq. 15)."""
+        return self.vector_env.reward_fn
+
+    @property
+    def config(self):
+        return self.vector_env.config
+
+    def reset(
+        self, *, seed: Union[int, None] = None, options: Union[dict[str, Any], None] = None
+    ) -> tuple[Any, dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is None and self._next_obs is not None:
+            obs = self._next_obs  # already encoded by the last step
+        else:
+            obs, _ = self.vector_env.reset(seed=seed, options=options)
+        self._next_obs = None
+        return obs[0], {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        batch = self.vector_env.core.check_action(action, batched=False)  # (1, *action_shape), errors name the single shape
+        obs, reward, _, _, info = self.vector_env.step(batch)
+        self._next_obs = obs
+        step_info = {k: float(info[k][0]) for k in REWARD_TERMS}
+        return info["final_obs"][0], float(reward[0]), True, False, step_info
+
+    def close(self) -> None:
+        if "vector_env" in self.__dict__:
+            self.vector_env.close()
+        super().close()
+
+
+__all__ = ["SegBanditEnv"]

@@ -1,0 +1,138 @@
+"""The main job examples/train_voc_bandit.py, run in-process with tiny settings (32 px, batch 2, 2 iterations)."""
+import csv
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents.checkpoint import checkpoint_name, list_checkpoints, load_checkpoint
+from agents.objective import ALGOS
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("train_voc_bandit", ROOT / "examples" / "train_voc_bandit.py")
+job = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(job)
+
+TINY = [
+    "--crop-size", "32", "--batch-size", "2", "--max-iters", "2", "--train-size", "8", "--val-size", "4",
+    "--policy-hidden", "16", "--attn-dim", "32", "--num-heads", "4", "--num-overlays", "2",
+    "--device", "cpu", "--num-workers", "0", "--eval-every", "2", "--log-every", "1",
+]  # fmt: skip
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_every_algo_runs_two_iterations_and_writes_its_reports(algo, tmp_path, capsys):
+    out = tmp_path / algo
+    result = job.main([*TINY, "--algo", algo, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "No --data-root given: training on the embedded DigitScenes" in printed
+    assert result["iterations"] == 2 and 0.0 <= result["miou"] <= 1.0 and not result["skipped_iterations"]
+    assert set(result["per_class_iou"]) == {"background", *map(str, range(10))}
+    metrics = rows(out / "metrics.csv")
+    assert [r["iteration"] for r in metrics] == ["1", "2"]
+    assert all(math.isfinite(float(r["loss"])) and math.isfinite(float(r["reward_total"])) for r in metrics)
+    assert rows(out / "eval.csv")[-1]["iteration"] == "2"
+    config = json.loads((out / "config.json").read_text())
+    assert config["algo"] == algo and config["max_iters"] == 2 and config["crop_size"] == 32
+    final = (out / "final.md").read_text()
+    assert "val mIoU (%)" in final and "| 10 9 |" in final and "val mIoU (%)" in printed
+    for png in ("curves.png", "overlays.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in list_checkpoints(out)] == [checkpoint_name(2)]
+
+
+@pytest.mark.parametrize(
+    "flag, valid", [("--algo", "latent_ppo"), ("--model", "fcn_resnet18"), ("--modulation", "attention"),
+                    ("--baseline", "ema")]  # fmt: skip
+)
+def test_unknown_registry_value_is_an_argparse_error_listing_the_choices(flag, valid, capsys):
+    with pytest.raises(SystemExit) as exc:
+        job.main([flag, "no_such_thing"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'no_such_thing'" in err and valid in err
+
+
+def test_bad_reward_weights_are_an_argparse_error(capsys):
+    with pytest.raises(SystemExit):
+        job.main(["--reward-weights", "1,1"])
+    assert "4 comma-separated floats" in capsys.readouterr().err
+
+
+def test_nonfinite_loss_is_reported_with_its_iteration_and_not_applied(tmp_path, monkeypatch, capsys):
+    import segbandit.rewards
+
+    real_call = segbandit.rewards.CompositeReward.__call__
+
+    def nan_total(self, logits, target):
+        out = real_call(self, logits, target)
+        out["total"] = torch.full_like(out["total"], float("nan"))
+        return out
+
+    monkeypatch.setattr(segbandit.rewards.CompositeReward, "__call__", nan_total)
+    out = tmp_path / "nan"
+    result = job.main([*TINY, "--out", str(out)])
+    assert result["skipped_iterations"] == [1, 2]
+    err = capsys.readouterr().err
+    assert "iteration 1: non-finite reward" in err and "iteration 2: non-finite reward" in err
+    assert [r["skipped"] for r in rows(out / "metrics.csv")] == ["1", "1"]
+    # nothing was applied: the saved weights equal a fresh build of the same seed
+    import agents.config
+    from agents.trainer import CoTrainer
+
+    cfg = agents.config.load_config(out / "config.json")
+    fresh = CoTrainer.from_config(cfg, 11)
+    saved = load_checkpoint(out / checkpoint_name(2))["segmentor"]
+    for name, p in fresh.segmentor.named_parameters():
+        assert torch.equal(saved[name], p.detach()), name
+
+
+def test_resume_continues_from_the_newest_checkpoint_exactly(tmp_path, capsys):
+    straight = tmp_path / "straight"
+    job.main([*TINY, "--max-iters", "4", "--save-every", "2", "--eval-every", "4", "--out", str(straight)])
+    assert [p.name for p in list_checkpoints(straight)] == [checkpoint_name(2), checkpoint_name(4)]
+
+    resumed = tmp_path / "resumed"  # the same run stopped after its iteration-2 checkpoint
+    resumed.mkdir()
+    shutil.copy(straight / checkpoint_name(2), resumed / checkpoint_name(2))
+    capsys.readouterr()
+    result = job.main(["--resume", "--out", str(resumed)])
+    captured = capsys.readouterr()
+    assert f"resumed from {resumed / checkpoint_name(2)} at iteration 2" in captured.out + captured.err
+    assert result["iterations"] == 4
+    assert [r["iteration"] for r in rows(resumed / "metrics.csv")] == ["3", "4"]
+    a = load_checkpoint(straight / checkpoint_name(4))
+    b = load_checkpoint(resumed / checkpoint_name(4))
+    for part in ("segmentor", "policy"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name}"
+    assert torch.equal(a["objective"]["advantage.baseline.b"], b["objective"]["advantage.baseline.b"])
+
+
+def test_fresh_run_refuses_a_folder_with_checkpoints_and_resume_needs_one(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    with pytest.raises(SystemExit):
+        job.main([*TINY, "--resume", "--out", str(out)])
+    assert "no ckpt_*.pt" in capsys.readouterr().err
+    (out / checkpoint_name(3)).write_bytes(b"")
+    with pytest.raises(SystemExit):
+        job.main([*TINY, "--out", str(out)])
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_voc_without_data_is_a_one_line_data_error(tmp_path):
+    from segbandit.errors import DataError
+
+    with pytest.raises(DataError, match="VOCdevkit") as exc:
+        job.main(["--preset", "voc-fcn-r50", "--out", str(tmp_path / "voc")])
+    assert "\n" not in str(exc.value)
