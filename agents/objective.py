@@ -176,9 +176,10 @@ class PolicyObjective(nn.Module):
             td.set("behaviour_scale", behaviour.scale)
             with torch.no_grad():
                 td.set(LOG_PROB_KEY, behaviour.log_prob(action))  # log pi_behaviour(s) (B,)
-            if self.algo == "klpen_ppo":
-                td.set("loc", behaviour.loc)  # KLPENPPOLoss rebuilds the old distribution from these
-                td.set("scale", behaviour.scale)
+            # under the actor's own keys too: losses that rebuild the old distribution (KLPENPPOLoss) read these;
+            # losses that re-run the actor overwrite them with the current parameters
+            td.set("loc", behaviour.loc)
+            td.set("scale", behaviour.scale)
         return td
 
     def forward(
