@@ -2,11 +2,15 @@
 
 A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so
 ``torch.load(path, weights_only=True)`` reads it.  It is written to a temporary file in the same folder,
-flushed and fsynced, then moved into place with ``os.replace``: a crash never leaves a half-written
-``ckpt_*.pt``.  Only the newest ``keep`` checkpoints are kept.
+flushed and fsynced, then moved into place with ``os.replace`` and the folder fsynced: a crash (even
+``kill -9``) never leaves a half-written ``ckpt_*.pt``, at worst a ``.ckpt_*.tmp`` that
+:func:`remove_stale_temporaries` clears.  Only the newest ``keep`` checkpoints are kept (older ones are deleted
+after the new one is durable).  :func:`latest_complete_checkpoint` is what ``--resume`` uses: the newest file
+that loads and holds every part of a training state.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -18,6 +22,9 @@ import numpy as np
 import torch
 
 _CKPT_RE = re.compile(r"^ckpt_(\d{7,})\.pt$")
+_TMP_RE = re.compile(r"^\.ckpt_\d{7,}\.pt\..*\.tmp$")
+REQUIRED_KEYS: tuple[str, ...] = ("segmentor", "policy", "objective", "optimizer", "iteration", "rng", "config")
+logger = logging.getLogger(__name__)
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -82,6 +89,42 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def latest_complete_checkpoint(
+    out_dir: str | os.PathLike, map_location: str | torch.device | None = "cpu"
+) -> tuple[Path, dict[str, Any]] | tuple[None, None]:
+    """``(path, state)`` of the newest checkpoint in ``out_dir`` that loads and has every :data:`REQUIRED_KEYS`.
+
+    Unreadable or incomplete files (e.g. copied in half, or written by something other than
+    :func:`save_checkpoint`) are skipped with a warning; ``(None, None)`` when none is usable.
+    """
+    for path in reversed(list_checkpoints(out_dir)):
+        try:
+            state = load_checkpoint(path, map_location)
+        except Exception as exc:  # truncated zip, unpickling refused, ...
+            logger.warning("skipping unreadable checkpoint %s (%s: %s)", path, type(exc).__name__, exc)
+            continue
+        missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            logger.warning("skipping incomplete checkpoint %s (missing %s)", path, missing)
+            continue
+        return path, state
+    return None, None
+
+
+def remove_stale_temporaries(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete the ``.ckpt_*.pt.*.tmp`` files a killed writer left in ``out_dir``; returns them.
+
+    Only call it when no other process is writing checkpoints into ``out_dir``.
+    """
+    folder = Path(out_dir)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if _TMP_RE.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 # ----------------------------------------------------------------------------- RNG state as plain values
 
 
@@ -124,8 +167,10 @@ __all__ = [
     "capture_rng_state",
     "checkpoint_name",
     "latest_checkpoint",
+    "latest_complete_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "restore_rng_state",
     "save_checkpoint",
 ]

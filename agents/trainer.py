@@ -42,11 +42,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import Sampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler, Sampler
 
 from agents.checkpoint import capture_rng_state, restore_rng_state
 from agents.config import TrainConfig
+from agents.distributed import SINGLE, DistInfo, active, all_gather_objects, convert_sync_batchnorm
 from segbandit.metrics import SegmentationMetric
 from segbandit.policy import LatentPolicy, broadcast_action, sample_action
 from segbandit.rewards import CompositeReward
@@ -67,6 +70,11 @@ OBJECTIVE_DIAGNOSTICS: tuple[str, ...] = (
     "nonfinite_ratio",
 )
 LOSS_KEYS: tuple[str, ...] = ("loss", "loss_ce", "loss_aux", "loss_policy", "loss_kl", "loss_critic", "loss_entropy")
+CHECKPOINT_FORMAT = 2
+
+
+class NonFiniteError(RuntimeError):
+    """``max_nonfinite`` consecutive steps had a non-finite loss or gradient: training stopped."""
 
 
 # ----------------------------------------------------------------------------- seeding, devices, optimiser
@@ -106,25 +114,79 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch
 class IterationBatchSampler(Sampler[list[int]]):
     """Endless batches whose content depends only on (seed, iteration): resuming at iteration t is exact.
 
-    Epoch e is ``torch.randperm(n)`` from a generator seeded with ``seed + e``; batch t is the slice
-    ``[k*B, (k+1)*B)`` of epoch ``t // (n // B)`` with ``k = t % (n // B)`` (the incomplete tail of an epoch is dropped).
+    Epoch e is the order of a ``torch.utils.data.DistributedSampler`` (shuffle, ``drop_last``, seed
+    ``seed * 1_000_003``, ``set_epoch(e)`` at every epoch), i.e. ``torch.randperm(n)`` from a generator seeded with
+    ``seed * 1_000_003 + e``; batch t is batch ``k = t % batches_per_epoch`` of epoch ``t // batches_per_epoch`` (the
+    incomplete tail of an epoch is dropped).  ``batch_size`` is the per-rank batch.  Under DDP (``num_replicas`` > 1)
+    rank r reads every ``num_replicas``-th index of the epoch, so the union over ranks of batch t is exactly the
+    single-process batch t of the global batch ``batch_size * num_replicas``: the data order does not depend on the
+    number of processes, and a run may resume on a different number of GPUs with the same global batch.
+    The position is ``start_iteration`` (the number of batches already consumed); see :meth:`state_dict`.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, start_iteration: int = 0) -> None:
-        if batch_size < 1 or num_samples < batch_size:
-            raise ValueError(f"need 1 <= batch_size <= num_samples, got batch_size={batch_size}, num_samples={num_samples}")
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int = 0,
+        start_iteration: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if batch_size < 1 or num_samples < batch_size * num_replicas:
+            raise ValueError(
+                f"need 1 <= batch_size * num_replicas <= num_samples, got batch_size={batch_size}, "
+                f"num_replicas={num_replicas}, num_samples={num_samples}"
+            )
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
         self.start_iteration = start_iteration
-        self.batches_per_epoch = num_samples // batch_size
+        self.num_replicas, self.rank = num_replicas, rank
+        self.sampler = DistributedSampler(
+            range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed * 1_000_003,
+            drop_last=True,
+        )
+        self.batches_per_epoch = len(self.sampler) // batch_size
+        self._epoch: tuple[int, list[int]] | None = None
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.num_replicas
+
+    def _order(self, epoch: int) -> list[int]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            self.sampler.set_epoch(epoch)
+            self._epoch = (epoch, list(self.sampler))
+        return self._epoch[1]
 
     def batch(self, iteration: int) -> list[int]:
-        """Indices of batch ``iteration`` (0-based)."""
+        """This rank's indices of batch ``iteration`` (0-based)."""
         epoch, k = divmod(iteration, self.batches_per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.num_samples, generator=g)
-        return perm[k * self.batch_size : (k + 1) * self.batch_size].tolist()
+        return self._order(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
+
+    def position(self, iteration: int) -> tuple[int, int]:
+        """(epoch, batch within the epoch) of batch ``iteration``."""
+        return divmod(iteration, self.batches_per_epoch)
+
+    def state_dict(self, iteration: int | None = None) -> dict[str, int]:
+        """The data position after ``iteration`` consumed batches (default ``start_iteration``), as plain ints."""
+        it = self.start_iteration if iteration is None else int(iteration)
+        epoch, k = self.position(it)
+        return {
+            "iteration": it, "epoch": epoch, "batch_in_epoch": k, "batches_per_epoch": self.batches_per_epoch,
+            "seed": int(self.seed), "num_samples": self.num_samples, "global_batch_size": self.global_batch_size,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue at ``state["iteration"]``; warn when the order it was drawn from differs from this sampler's."""
+        for key in ("seed", "num_samples", "global_batch_size"):
+            if key in state and int(state[key]) != int(getattr(self, key)):
+                logger.warning(
+                    "the checkpoint's data order used %s=%s, this run uses %s: resuming is not exact",
+                    key, state[key], getattr(self, key),
+                )  # fmt: skip
+        self.start_iteration = int(state["iteration"])
 
     def __iter__(self) -> Iterator[list[int]]:
         t = self.start_iteration
@@ -162,6 +224,15 @@ class CoTrainer:
         cfg: the run's :class:`TrainConfig` (lambdas, schedule, action mode, aux weight, grad clip, seed...).
         reward_fn: ``(logits, masks) -> dict`` of (B,) terms and ``"total"`` (default: ``CompositeReward``).
         device: where the batches go (default: the segmentor's device).
+        dist_info: this process's rank and the world size (default: one process).  With ``world_size > 1`` (and an
+            initialised process group) segmentor, policy and objective are wrapped together in one
+            ``DistributedDataParallel`` (``find_unused_parameters=True``: schedules and modulations leave different
+            parameters without gradient), the CE is normalised by the global number of labelled pixels and the
+            action noise is drawn for the global batch and sliced, so N ranks with per-rank batch B/N compute the
+            step of one process with batch B (up to float summation order).  ``train_step``, ``evaluate`` and
+            ``state_dict`` are then collectives: every rank must call them.
+        sync_bn: under DDP, average batch-norm statistics over the global batch (``nn.SyncBatchNorm`` on CUDA,
+            :class:`agents.distributed.GlobalBatchNorm2d` on CPUs).
     """
 
     def __init__(
@@ -174,6 +245,9 @@ class CoTrainer:
         cfg: TrainConfig,
         reward_fn: Any = None,
         device: torch.device | str | None = None,
+        *,
+        dist_info: DistInfo | None = None,
+        sync_bn: bool = False,
     ) -> None:
         self.segmentor = segmentor
         self.policy = policy
@@ -196,14 +270,47 @@ class CoTrainer:
         self.nonfinite_streak = 0
         self.skipped_iterations: list[int] = []
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.dist = dist_info or SINGLE
+        self.sync_bn = bool(sync_bn)
+        self._step_module: nn.Module = _StepModule(self)
+        if self.dist.enabled:
+            if not active(self.dist):
+                raise RuntimeError(f"dist_info says world_size={self.dist.world_size} but no process group is initialised")
+            if self.sync_bn:
+                for m in (self.segmentor, self.policy, self.objective):
+                    convert_sync_batchnorm(m, self.device.type)  # in place: parameters and buffers are kept
+            ids = [self.device.index if self.device.index is not None else 0] if self.device.type == "cuda" else None
+            self._step_module = DistributedDataParallel(
+                self._step_module, device_ids=ids, find_unused_parameters=True, broadcast_buffers=True
+            )
+        # every buffer a forward may change (batch-norm statistics, the reward baseline, an adaptive KL beta):
+        # a skipped step puts them back
+        seen: set[int] = set()
+        self._buffers: list[torch.Tensor] = []
+        for m in (self.segmentor, self.policy, self.objective):
+            for b in m.buffers():
+                if id(b) not in seen:
+                    seen.add(id(b))
+                    self._buffers.append(b)
 
     # -- construction from a config
 
     @classmethod
     def from_config(
-        cls, cfg: TrainConfig, num_classes: int, device: str | torch.device | None = None, reward_fn: Any = None
+        cls,
+        cfg: TrainConfig,
+        num_classes: int,
+        device: str | torch.device | None = None,
+        reward_fn: Any = None,
+        *,
+        dist_info: DistInfo | None = None,
+        sync_bn: bool = False,
     ) -> "CoTrainer":
-        """Seed everything from ``cfg.seed`` and build segmentor, policy, objective, optimiser and schedule."""
+        """Seed everything from ``cfg.seed`` and build segmentor, policy, objective, optimiser and schedule.
+
+        Every rank builds identical weights (same seed); afterwards ranks other than 0 reseed python, numpy and
+        torch with ``seed + 100_003 * rank`` so that their augmentation and dropout draws differ.
+        """
         from agents.objective import PolicyObjective  # the TorchRL half of agents/
         from segbandit.models import build_segmentor
 
@@ -243,7 +350,13 @@ class CoTrainer:
         ).to(dev)
         optimizer = build_optimizer(cfg, param_groups(segmentor, policy, objective, cfg))
         scheduler = build_scheduler(cfg, optimizer)
-        return cls(segmentor, policy, objective, optimizer, scheduler, cfg, reward_fn=reward_fn, device=dev)
+        info = dist_info or SINGLE
+        if info.rank > 0:
+            seed_everything(cfg.seed + 100_003 * info.rank)
+        return cls(
+            segmentor, policy, objective, optimizer, scheduler, cfg, reward_fn=reward_fn, device=dev,
+            dist_info=info, sync_bn=sync_bn,
+        )  # fmt: skip
 
     # -- schedule (Table 1)
 
@@ -259,8 +372,15 @@ class CoTrainer:
     # -- one batch
 
     def _forward_losses(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, Any]]:
-        """The loss of Eq. 6 for one batch (with graph) and its detached terms; loss None if the batch is unusable."""
+        """The loss of Eq. 6 for one batch (with graph) and its detached terms; loss None if the batch is unusable.
+
+        Runs through the DDP wrapper when distributed (so that gradients are averaged over ranks).
+        """
         _check_batch(images, masks)
+        return self._step_module(images, masks)
+
+    def _compute_losses(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        distributed = self.dist.enabled
         phase = self.phase()
         use_ce, use_rl = phase in ("joint", "sft"), phase in ("joint", "rl")
         seg = self.segmentor
@@ -276,6 +396,14 @@ class CoTrainer:
         spatial = tuple(z.shape[-2:]) if self.cfg.action_mode == "dense" else None
         if phase == "sft":
             action = mu if spatial is None else mu[:, :, None, None].expand(-1, -1, *spatial)  # s = mu
+        elif distributed:  # the noise of the global batch, this rank's rows: ranks together draw one process's noise
+            eps = torch.randn(
+                (mu.shape[0] * self.dist.world_size, *mu.shape[1:], *(spatial or ())),
+                generator=self.generator, device=mu.device, dtype=mu.dtype,
+            )[self.dist.rank :: self.dist.world_size]  # (B, d[, h, w]); rank r holds global rows r, r+N, ...
+            scale = log_std.exp() if spatial is None else log_std.exp()[:, :, None, None]
+            loc = mu if spatial is None else mu[:, :, None, None]
+            action = loc + scale * eps  # Eq. 11, reparameterised
         else:
             action = sample_action(mu, log_std, spatial, generator=self.generator)  # Eq. 11, reparameterised
         signal = broadcast_action(action, tuple(z.shape[-2:]))  # (B, d, h, w)
@@ -289,18 +417,36 @@ class CoTrainer:
         zero = torch.zeros((), device=images.device)
         terms: dict[str, torch.Tensor] = {k: zero for k in LOSS_KEYS}
         diag: dict[str, torch.Tensor] = {k: torch.full((), math.nan, device=images.device) for k in OBJECTIVE_DIAGNOSTICS}
-        stats = {"phase": phase}
+        stats: dict[str, Any] = {"phase": phase}
+        # Under DDP a rank never leaves early: every rank must run the same collectives (baseline mean, gradient
+        # all-reduce); the reason is kept and the step is skipped on every rank after the backward.
         if not bool(torch.isfinite(logits.detach()).all()):
-            return None, {**stats, "reason": "non-finite logits", **_floats({**terms, **diag})}
+            if not distributed:
+                return None, {**stats, "reason": "non-finite logits", **_floats({**terms, **diag})}
+            stats["reason"] = "non-finite logits"
         reward = self.reward_fn(logits.detach(), masks)  # Eq. 15, (B,) float32 terms
         r_stats = {f"reward_{k}": reward[k].mean() for k in REWARD_TERMS}
         if not bool(torch.isfinite(reward["total"]).all()):
-            return None, {**stats, "reason": "non-finite reward", **_floats({**terms, **diag, **r_stats})}
+            if not distributed:
+                return None, {**stats, "reason": "non-finite reward", **_floats({**terms, **diag, **r_stats})}
+            stats.setdefault("reason", "non-finite reward")
         loss = zero
         if use_ce:
-            terms["loss_ce"] = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)  # Eq. 2
-            if aux is not None:
-                terms["loss_aux"] = F.cross_entropy(aux.float(), masks, ignore_index=IGNORE_INDEX)
+            if distributed:  # mean over the labelled pixels of the global batch, once DDP averages the gradients
+                n_valid = (masks != IGNORE_INDEX).sum().float().reshape(1)
+                dist.all_reduce(n_valid)
+                denom = (n_valid / self.dist.world_size).clamp_min(1e-6).reshape(())
+                terms["loss_ce"] = F.cross_entropy(
+                    logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum"
+                ) / denom  # Eq. 2
+                if aux is not None:
+                    terms["loss_aux"] = F.cross_entropy(
+                        aux.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum"
+                    ) / denom
+            else:
+                terms["loss_ce"] = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)  # Eq. 2
+                if aux is not None:
+                    terms["loss_aux"] = F.cross_entropy(aux.float(), masks, ignore_index=IGNORE_INDEX)
             loss = terms["loss_ce"] + self.cfg.aux_weight * terms["loss_aux"]
         if use_rl:
             pol = self.objective(
@@ -333,32 +479,48 @@ class CoTrainer:
         Returns python floats: ``loss``, ``loss_ce``, ``loss_aux``, ``loss_policy``, ``loss_kl``, ``loss_critic``,
         ``loss_entropy``, ``reward_{iou,dice,ce,boundary,total}`` (batch means), ``ratio``, ``clip_fraction``, ``kl``,
         ``approx_kl``, ``entropy``, ``advantage``, ``baseline`` (NaN when the objective did not run, e.g. during SFT),
-        ``grad_norm``, ``lr``, ``skipped`` (0/1) and ``iteration``; plus ``phase`` (str).
-        A non-finite loss or gradient norm is not applied: gradients are dropped, the iteration is logged and
-        counted, and ``max_nonfinite`` skips in a row raise RuntimeError.
+        ``grad_norm``, ``lr``, ``skipped`` (0/1) and ``iteration``; plus ``phase`` (str).  Under DDP the numbers are
+        means over the ranks (the global batch).
+
+        Guarded: a non-finite logit, reward, loss or gradient norm (on any rank) skips the step: no parameter,
+        optimiser state, EMA reference, baseline or batch-norm statistic changes (the buffers the forward touched
+        are put back); the iteration is logged and counted, and ``max_nonfinite`` skips in a row raise
+        :class:`NonFiniteError`.  The learning-rate schedule follows the iteration count, skipped or not.
+        Gradients are clipped to a global norm of ``cfg.grad_clip`` when set.
         """
         iteration = self.iteration + 1
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
         images = images.to(self.device, non_blocking=True)
         masks = masks.to(self.device, non_blocking=True)
+        saved = [b.clone() for b in self._buffers]  # restored if the step is skipped
         loss, stats = self._forward_losses(images, masks)
         reason = stats.pop("reason", None)
+        distributed = self.dist.enabled
         grad_norm = math.nan
         if loss is not None and not bool(torch.isfinite(loss.detach())):
-            reason = f"non-finite loss {float(loss.detach()):.4g}"
-        if reason is None and loss is not None and loss.requires_grad:
+            reason = reason or f"non-finite loss {float(loss.detach()):.4g}"
+        # Under DDP the backward always runs (the other ranks wait in its gradient all-reduce); a bad rank's NaN
+        # gradients reach every rank and the agreement below skips the step everywhere.
+        if loss is not None and loss.requires_grad and (reason is None or distributed):
             loss.backward()
             max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
             norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm=max_norm)
             grad_norm = float(norm)
-            if not math.isfinite(grad_norm):
+            if reason is None and not math.isfinite(grad_norm):
                 reason = f"non-finite gradient norm {grad_norm}"
+        if distributed:
+            stats, any_bad = self._agree(stats, reason is not None)
+            if any_bad and reason is None:
+                reason = "non-finite step on another rank"
         if reason is None:
             self.optimizer.step()
             self.nonfinite_streak = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, old in zip(self._buffers, saved):
+                    b.copy_(old)
             self.nonfinite_streak += 1
             self.skipped_iterations.append(iteration)
             logger.warning(
@@ -368,7 +530,7 @@ class CoTrainer:
                 self.nonfinite_streak,
             )
             if self.nonfinite_streak >= self.cfg.max_nonfinite:
-                raise RuntimeError(
+                raise NonFiniteError(
                     f"iteration {iteration}: {self.nonfinite_streak} consecutive non-finite steps "
                     f"(max_nonfinite={self.cfg.max_nonfinite}), last: {reason}; lower --lr, set --grad-clip, or "
                     f"use --logprob-reduction mean"
@@ -385,14 +547,34 @@ class CoTrainer:
             stats["skip_reason"] = reason
         return stats
 
+    def _agree(self, stats: dict[str, Any], bad: bool) -> tuple[dict[str, Any], bool]:
+        """One all-reduce: the mean of the numeric stats over ranks and whether any rank wants to skip."""
+        keys = [k for k, v in stats.items() if isinstance(v, float)]
+        vec = torch.tensor([1.0 if bad else 0.0, *(stats[k] for k in keys)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(vec)
+        vals = (vec[1:] / self.dist.world_size).tolist()
+        return {**stats, **dict(zip(keys, vals))}, bool(vec[0].item() > 0)
+
     # -- evaluation
 
     @torch.no_grad()
     def predict(
         self, images: torch.Tensor, deterministic: bool = True, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Logits (B, K, H, W) float32 for images (B, 3, H, W) with s = mu (deterministic) or a sampled s."""
-        images = images.to(self.device)
+        """Logits (B, K, H, W) float32 for images (B, 3, H, W) with s = mu (deterministic) or a sampled s.
+
+        Always in eval mode (batch-norm running statistics are used and left unchanged); the modes are restored.
+        """
+        was_training = (self.segmentor.training, self.policy.training)
+        self.segmentor.eval()
+        self.policy.eval()
+        try:
+            return self._predict(images.to(self.device), deterministic, generator)
+        finally:
+            self.segmentor.train(was_training[0])
+            self.policy.train(was_training[1])
+
+    def _predict(self, images: torch.Tensor, deterministic: bool, generator: torch.Generator | None) -> torch.Tensor:
         z = self._encode(images)
         mu, log_std = self.policy(z.float())  # (B, d)
         spatial = tuple(z.shape[-2:]) if self.cfg.action_mode == "dense" else None
@@ -415,7 +597,8 @@ class CoTrainer:
         Returns ``miou``, ``pixel_acc``, ``mean_dice`` (floats), ``per_class_iou`` (list of K floats, NaN for classes
         absent from target and prediction), the mean reward terms ``reward_{iou,dice,ce,boundary,total}`` and
         ``num_images``.  Sampling uses its own generator seeded from ``cfg.seed``, so evaluating never shifts the
-        training noise stream and is itself reproducible.
+        training noise stream and is itself reproducible.  Under DDP every rank evaluates its own share of the
+        images and the confusion matrix and reward sums are all-reduced: every rank gets the global numbers.
         """
         was_training = (self.segmentor.training, self.policy.training)
         self.segmentor.eval()
@@ -438,7 +621,12 @@ class CoTrainer:
         finally:
             self.segmentor.train(was_training[0])
             self.policy.train(was_training[1])
-        res = metric.compute()
+        if active(self.dist):
+            totals = torch.tensor([*(sums[k] for k in REWARD_TERMS), float(n)], dtype=torch.float64, device=self.device)
+            dist.all_reduce(totals)
+            sums = dict(zip(REWARD_TERMS, totals[:-1].tolist()))
+            n = int(totals[-1].item())
+        res = metric.compute()  # all-reduces the confusion matrix under DDP
         out: dict[str, Any] = {
             "miou": float(res["miou"]),
             "pixel_acc": float(res["pixel_acc"]),
@@ -452,22 +640,40 @@ class CoTrainer:
     # -- checkpoint state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume, as tensors and plain values (``torch.load(weights_only=True)``-safe)."""
-        return {
+        """Everything needed to resume, as tensors and plain values (``torch.load(weights_only=True)``-safe).
+
+        Segmentor, policy, objective (EMA reference, baseline, critic), optimiser, scheduler, iteration, the
+        skip counters, every RNG state (python, numpy, torch CPU and CUDA, the action-noise generator) and the
+        config.  bf16 autocast needs no gradient scaler, so ``"scaler"`` is empty.  Under DDP this is a collective:
+        ``"rng_per_rank"`` holds every rank's RNG states (augmentation and dropout draw per rank).
+        """
+        rng = capture_rng_state({"action": self.generator})
+        state: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
             "segmentor": self.segmentor.state_dict(),
             "policy": self.policy.state_dict(),
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "scaler": {},
             "iteration": self.iteration,
             "nonfinite_streak": self.nonfinite_streak,
             "skipped_iterations": list(self.skipped_iterations),
-            "rng": capture_rng_state({"action": self.generator}),
+            "rng": rng,
             "config": self.cfg.to_dict(),
+            "world_size": self.dist.world_size,
+            "sync_bn": self.sync_bn,
         }
+        if self.dist.enabled:
+            state["rng_per_rank"] = all_gather_objects(rng, self.dist)
+        return state
 
     def load_state_dict(self, state: dict[str, Any], restore_rng: bool = True) -> None:
-        """Restore a :meth:`state_dict` (models, objective, optimiser, schedule, iteration, RNG states)."""
+        """Restore a :meth:`state_dict` (models, objective, optimiser, schedule, iteration, RNG states).
+
+        Under DDP each rank takes its own RNG states when the checkpoint was written by as many ranks; otherwise
+        (another world size) rank 0's, with a warning that augmentation draws will not repeat exactly.
+        """
         self.segmentor.load_state_dict(state["segmentor"])
         self.policy.load_state_dict(state["policy"])
         self.objective.load_state_dict(state["objective"])
@@ -478,7 +684,31 @@ class CoTrainer:
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         self.skipped_iterations = [int(i) for i in state.get("skipped_iterations", [])]
         if restore_rng and "rng" in state:
-            restore_rng_state(state["rng"], {"action": self.generator})
+            rng = state["rng"]
+            per_rank = state.get("rng_per_rank")
+            if per_rank is not None and len(per_rank) == self.dist.world_size:
+                rng = per_rank[self.dist.rank]
+            elif int(state.get("world_size", 1)) != self.dist.world_size:
+                logger.warning(
+                    "checkpoint written by %s process(es), resumed on %d: the data order and action noise continue "
+                    "exactly, augmentation and dropout draws do not",
+                    state.get("world_size", 1), self.dist.world_size,
+                )  # fmt: skip
+            restore_rng_state(rng, {"action": self.generator})
+
+
+class _StepModule(nn.Module):
+    """Segmentor, policy and objective as one module whose forward is the co-training loss, so that a single
+    ``DistributedDataParallel`` wrapper sees every parameter the step trains (the trainer calls ``features`` /
+    ``decode`` and the TorchRL loss, not ``forward``)."""
+
+    def __init__(self, trainer: CoTrainer) -> None:
+        super().__init__()
+        self.segmentor, self.policy, self.objective = trainer.segmentor, trainer.policy, trainer.objective
+        object.__setattr__(self, "_trainer", trainer)  # not a submodule
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        return self._trainer._compute_losses(images, masks)
 
 
 def param_groups(segmentor: nn.Module, policy: nn.Module, objective: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -507,7 +737,9 @@ def _floats(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "CoTrainer",
+    "NonFiniteError",
     "IterationBatchSampler",
     "build_optimizer",
     "build_scheduler",
