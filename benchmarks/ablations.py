@@ -65,7 +65,7 @@ DEFAULT_IMG = ROOT / "docs" / "img"
 # ~200 ms per step does not scale with the batch), and at 150 steps batch 4 and batch 8 reached val mIoU 0.093 /
 # 0.095, so batch 8 buys more per second; AdamW 2e-3 learned less (0.082 at 200 steps).  With the machine shared
 # (~1 core for this harness) 125 runs x 60 steps is what fits in ~50 minutes: the models stay near the
-# background-only level (8.2 mIoU), see docs/ablations.md.  policy_lr 1e-4 instead of the preset's 1e-6: at 1e-6 the
+# background-only level (8.2 mIoU), see docs/ablations.md.  policy_lr 1e-4 (pinned; the preset then had 1e-6, now 1e-4 too): at 1e-6 the
 # policy does not move within the budget (KL(pi_ref || pi) ~ 1e-5, ratio 1.0000), so every RL row would equal the
 # lambda = 0 row by construction; at 1e-4 KL ~ 3e-3 (and the "sum" reduction overflows at iteration 2).
 DIGITS_BUDGET: dict[str, Any] = dict(

@@ -10,9 +10,9 @@ Measured side by side in one process (every repeat runs each contender once, in 
    included) and, beside it, the growth of the RSS over the process's RSS just before the first step
    (the step's own working memory: activations, gradients, optimiser state); on CUDA
    ``torch.cuda.max_memory_allocated``.  Rows: ``fcn_resnet18`` at 64 and 128 px (the digits preset, batch 8)
-   and ``fcn_resnet50`` at 512 px (the ``voc-fcn-r50`` preset, batch 1 on CPU), skipped with the reason printed
-   when its first step exceeds a time cap (``--cap-s``); ``--rows`` adds fcn_resnet18 at attn_dim = d and
-   fcn_resnet50 at attn_dim 512.
+   and ``fcn_resnet50`` at 512 px (the ``voc-fcn-r50`` setting at the paper's attention width d = 2048, batch 1
+   on CPU), skipped with the reason printed when its first step exceeds a time cap (``--cap-s``); ``--rows`` adds
+   fcn_resnet18 at attn_dim = d and fcn_resnet50 at attn_dim 512 (the width the ``voc-fcn-r50`` preset uses).
 2. The shares of the co-training step: the attention modulation's forward + backward alone, the policy's
    forward + the objective (PPO + KL) + their backward, and the reward, each timed in isolation on tensors of
    the step's shapes.
@@ -26,8 +26,8 @@ Measured side by side in one process (every repeat runs each contender once, in 
    attn_dim = d = 512 against attn_dim = 128 (the same 4x reduction as 2048 -> 512 at VOC size); results are
    cached per (setting, seed) in ``benchmarks/results/bench_step_attn_accuracy.json``, so a re-run resumes.
 
-On a GPU, ``--device cuda --preset voc-fcn-r50`` runs the paper's setting: 512 px, batch 8, bf16 autocast, and
-records iterations per second and peak GPU memory of both steps.
+On a GPU, ``--device cuda --preset voc-fcn-r50`` runs the paper's setting: 512 px, batch 8, bf16 autocast, at the
+paper's attention width and the preset's 512, and records iterations per second and peak GPU memory of both steps.
 
     python benchmarks/bench_step.py                                   # CPU rows + FLOP table, ~5-7 min on 2 quiet cores
     python benchmarks/bench_step.py --threads 1 --cap-s 150           # on a shared machine (no thread oversubscription)
@@ -100,22 +100,25 @@ def cpu_rows() -> list[Row]:
         Row("fcn_resnet18 128px B8 (digits preset, attn_dim 128)", "digits", "fcn_resnet18", 128, 8, 11),
         Row("fcn_resnet18 128px B8 (attn_dim = d = 512)", "digits", "fcn_resnet18", 128, 8, 11,
             attn_dim=None, use_preset_attn=False),
-        Row("fcn_resnet50 512px B1 (voc-fcn-r50 preset, attn_dim = d = 2048)", "voc-fcn-r50", "fcn_resnet50", 512, 1, 21),
-        # not in the default run (--rows 4): the reduced width recommended for the voc-fcn-r50 preset
-        Row("fcn_resnet50 512px B1 (voc-fcn-r50, attn_dim 512, 8 heads)", "voc-fcn-r50", "fcn_resnet50", 512, 1, 21,
-            attn_dim=512, num_heads=8, use_preset_attn=False),
+        Row("fcn_resnet50 512px B1 (voc-fcn-r50, attn_dim = d = 2048, the paper)", "voc-fcn-r50", "fcn_resnet50", 512,
+            1, 21, attn_dim=None, num_heads=8, use_preset_attn=False),
+        # not in the default run (--rows 4): the reduced width that the voc-fcn-r50 preset uses
+        Row("fcn_resnet50 512px B1 (voc-fcn-r50 preset: attn_dim 512, 8 heads)", "voc-fcn-r50", "fcn_resnet50", 512,
+            1, 21, attn_dim=512, num_heads=8, use_preset_attn=False),
     ]
 
 
 DEFAULT_CPU_ROWS = "0,1,3"
 
 
-def gpu_rows(batch: int, attn_dims: list[Optional[int]]) -> list[Row]:
+def gpu_rows(batch: int, attn_dims: list[str]) -> list[Row]:
+    """The voc-fcn-r50 rows at each width: ``"preset"`` (the preset's 512), ``"d"`` (= 2048, the paper) or a number."""
     rows = []
     for a in attn_dims:
-        label = "preset" if a is None else f"attn_dim {a}"
+        label = {"preset": "preset, attn_dim 512", "d": "attn_dim = d = 2048, the paper"}.get(a, f"attn_dim {a}")
+        width = None if a in ("preset", "d") else int(a)
         rows.append(Row(f"fcn_resnet50 512px B{batch} bf16 (voc-fcn-r50, {label})", "voc-fcn-r50", "fcn_resnet50",
-                        512, batch, 21, attn_dim=a, use_preset_attn=a is None))
+                        512, batch, 21, attn_dim=width, use_preset_attn=a == "preset"))
     return rows
 
 
@@ -446,7 +449,10 @@ def attn_accuracy(seeds: list[int], max_iters: int, val_size: int, out: Path) ->
             if key in results["runs"] and _same_budget(results["runs"][key], max_iters, val_size):
                 continue  # cached (the same setting, seed and budget)
             with tempfile.TemporaryDirectory(prefix="bench_attn_") as tmp:
-                argv = ["--preset", "digits", "--seed", str(seed), "--max-iters", str(max_iters),
+                # the digits preset as these runs were first made (64 px, batch 8, policy lr 1e-6), pinned so that a
+                # later change of the preset does not mix results of two settings in the cache
+                argv = ["--preset", "digits", "--crop-size", "64", "--batch-size", "8", "--policy-lr", "1e-6",
+                        "--seed", str(seed), "--max-iters", str(max_iters),
                         "--eval-every", str(max_iters), "--save-every", str(max_iters), "--val-size", str(val_size),
                         "--attn-dim", str(attn_dim), "--num-heads", str(heads), "--num-overlays", "0",
                         "--out", str(Path(tmp) / "run")]
@@ -523,8 +529,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                    help="voc-fcn-r50: only the paper's setting (512 px, batch --batch-size, bf16 on CUDA); "
                         "default: the CPU rows (digits preset at 64/128 px and FCN-R50 at 512 px, batch 1)")
     p.add_argument("--batch-size", type=int, default=8, help="batch of the voc-fcn-r50 row")
-    p.add_argument("--attn-dims", default="preset,512",
-                   help="voc-fcn-r50 rows: attention widths to run ('preset' = the preset's value)")
+    p.add_argument("--attn-dims", default="d,preset",
+                   help="voc-fcn-r50 rows: attention widths to run ('preset' = the preset's 512, 'd' = 2048, the paper)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per row (fewer for slow rows)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--cap-s", type=float, default=45.0,
@@ -532,8 +538,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--memory-steps", type=int, default=2, help="steps per memory probe (0 = no memory probes)")
     p.add_argument("--rows", default=DEFAULT_CPU_ROWS,
                    help="CPU rows to run, 0-based comma-separated indices: 0-1 fcn_resnet18 64/128 px (digits preset), "
-                        "2 the same at attn_dim = d, 3 fcn_resnet50 512 px (voc-fcn-r50 preset), 4 the same at "
-                        f"attn_dim 512 (default {DEFAULT_CPU_ROWS})")
+                        "2 the same at attn_dim = d, 3 fcn_resnet50 512 px at attn_dim = d = 2048 (the paper), 4 the same "
+                        f"at attn_dim 512 (the voc-fcn-r50 preset) (default {DEFAULT_CPU_ROWS})")
     p.add_argument("--no-flops", action="store_true", help="skip part 3 (FLOP table and the reduced-scale scan)")
     p.add_argument("--scan-side", type=int, default=32, help="part 3b: tokens per side of the measured scan")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -568,8 +574,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                                "memory_steps": args.memory_steps}
     print(f"device: {results['device']}, torch threads {results['torch_threads']}; {load_note(results)}")
     if args.preset == "voc-fcn-r50":
-        dims = [None if a == "preset" else int(a) for a in args.attn_dims.split(",")]
-        rows = gpu_rows(args.batch_size, dims)
+        rows = gpu_rows(args.batch_size, args.attn_dims.split(","))
     else:
         rows = cpu_rows()
         rows = [rows[int(i)] for i in args.rows.split(",")]

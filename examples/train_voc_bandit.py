@@ -53,6 +53,7 @@ from agents.checkpoint import (
 )
 from agents.config import (
     ACTION_MODES,
+    EXPLICIT_NONE,
     LOGPROB_REDUCTIONS,
     OPTIMIZERS,
     PRESETS,
@@ -110,6 +111,20 @@ def _reward_weights(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _or_none(kind: type, words: tuple[str, ...]) -> Any:
+    """argparse type: a number of ``kind``, or one of ``words`` for the field's None (EXPLICIT_NONE)."""
+
+    def parse(text: str) -> Any:
+        if text.lower() in words:
+            return EXPLICIT_NONE
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or one of {', '.join(words)}, got {text!r}") from None
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The main job's flags.  Every default is None: the preset fills in what is not given."""
     p = argparse.ArgumentParser(
@@ -154,12 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", choices=sorted(SEGMENTORS), default=None)
     g.add_argument("--pretrained-backbone", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--modulation", choices=list(MODULATION_NAMES), default=None)
-    g.add_argument("--attn-dim", type=int, default=None)
+    g.add_argument("--attn-dim", type=_or_none(int, ("d", "none")), default=None,
+                   help="inner width of the attention modulation; 'd' = the latent width, the paper")
     g.add_argument("--num-heads", type=int, default=None)
     g.add_argument("--aux-weight", type=float, default=None)
     g.add_argument("--policy-hidden", type=int, default=None)
     g.add_argument("--policy-blocks", type=int, default=None)
-    g.add_argument("--logstd-bound", type=float, default=None)
+    g.add_argument("--logstd-bound", type=_or_none(float, ("none",)), default=None,
+                   help="log sigma = bound * tanh(.) (Eq. 10); 'none' = unbounded (Table 8)")
     g.add_argument("--action-mode", choices=list(ACTION_MODES), default=None)
     g = p.add_argument_group("RL objective")
     g.add_argument("--algo", choices=list(ALGOS), default=None)

@@ -68,6 +68,21 @@ def test_bad_reward_weights_are_an_argparse_error(capsys):
     assert "4 comma-separated floats" in capsys.readouterr().err
 
 
+def test_d_and_none_flags_set_the_paper_width_and_the_unbounded_log_sigma():
+    parser = job.build_parser()
+    default = job.config_from_args(parser.parse_args(["--preset", "voc-fcn-r50"]))
+    paper = job.config_from_args(parser.parse_args(["--preset", "voc-fcn-r50", "--attn-dim", "d",
+                                                    "--logstd-bound", "none"]))
+    assert (default.attn_dim, default.logstd_bound) == (512, 4.0)
+    assert (paper.attn_dim, paper.logstd_bound) == (None, None)  # None: attn_dim = d (Eq. 14), log sigma unbounded
+
+
+def test_a_word_that_is_not_none_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit):
+        job.main(["--logstd-bound", "wide"])
+    assert "expected a number or one of none, got 'wide'" in capsys.readouterr().err
+
+
 def test_nonfinite_loss_is_reported_with_its_iteration_and_not_applied(tmp_path, monkeypatch, capsys):
     import segbandit.rewards
 
