@@ -23,9 +23,8 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -40,20 +39,9 @@ from envs import SegBanditEnv, SegBanditVectorEnv  # noqa: E402
 from segbandit.models import Segmentor, build_segmentor  # noqa: E402
 from segbandit.policy import broadcast_action  # noqa: E402
 
+from _common import timed  # noqa: E402  (benchmarks/ is on sys.path when a script here runs)
+
 NUM_CLASSES = 11
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
-    _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t
 
 
 def _actions(space: gym.spaces.Box, seed: int) -> np.ndarray:
@@ -90,9 +78,9 @@ def step_vs_bare(env: SegBanditVectorEnv, steps: int, warmup: int, seed: int = 0
 
     env_t, bare_t, data_t = [], [], []
     for i in range(warmup + steps):
-        e = _timed(lambda: env.step(action), device)
-        b = _timed(bare, device)
-        d = _timed(fetch, device)
+        e = timed(lambda: env.step(action), device)
+        b = timed(bare, device)
+        d = timed(fetch, device)
         if i >= warmup:
             env_t.append(e)
             bare_t.append(b)
@@ -117,7 +105,7 @@ def sync_vs_native(segmentor: Segmentor, num_envs: int, image_size: int, steps: 
         action = _actions(env.action_space, 0)
         times = []
         for i in range(warmup + steps):
-            t = _timed(lambda: env.step(action), device)
+            t = timed(lambda: env.step(action), device)
             if i >= warmup:
                 times.append(t)
         out[f"{name}_s_per_image"] = statistics.median(times) / num_envs

@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from _common import RESULTS, finish, interleaved, load_note, machine, summary, sync  # noqa: E402
+from _common import RESULTS, finish, interleaved, load_note, machine, summary, sync, timed  # noqa: E402
 
 IGNORE_INDEX = 255
 ATTN_DIMS_VOC: tuple[int, ...] = (2048, 1024, 512, 256)
@@ -282,7 +282,6 @@ def measure_row(row: Row, device: torch.device, repeats: int, warmup: int, cap_s
     plain = PlainStep(cfg, row.num_classes, device)
     res["attn_dim"] = getattr(trainer.segmentor.modulation, "attn_dim", None)
     res["num_heads"] = getattr(trainer.segmentor.modulation, "num_heads", None)
-    from _common import timed
 
     first = timed(lambda: trainer.train_step(images, masks), device)  # also the warm-up of the co-training step
     res["first_cotrain_step_s"] = first
@@ -487,8 +486,12 @@ def print_rows(rows: list[dict[str, Any]], gpu: bool) -> None:
         if "skipped" in r:
             print(f"   {name:65s} skipped: {r['skipped']}")
             continue
-        mem = f"{r.get('memory_ratio', math.nan):9.2f}x"
-        growth = f"{r['memory_growth_ratio']:14.2f}x" if "memory_growth_ratio" in r else f"{'(GPU: peak allocated)':>15s}"
+        if "memory_ratio" not in r:  # --memory-steps 0
+            mem, growth = f"{'-':>10s}", f"{'(not measured)':>15s}"
+        else:
+            mem = f"{r['memory_ratio']:9.2f}x"
+            growth = (f"{r['memory_growth_ratio']:14.2f}x" if "memory_growth_ratio" in r
+                      else f"{'(GPU: peak allocated)':>15s}")
         extra = ""
         if gpu:
             ips = r["iterations_per_s"]

@@ -11,7 +11,6 @@ adapter builds the vector env itself, ``action_bound`` defaults to 1.0.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
 from typing import Any, Union
 
 import gymnasium as gym
