@@ -32,6 +32,7 @@ Schedules (paper Table 1):
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -106,9 +107,27 @@ def build_optimizer(cfg: TrainConfig, params: Iterable[Any]) -> torch.optim.Opti
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid names: sgd, adamw")
 
 
+def lr_factor(iteration: int, max_iters: int, poly_power: float, warmup_iters: int = 0) -> float:
+    """The learning-rate multiplier after ``iteration`` steps: linear warm-up, then poly decay to 0 at ``max_iters``.
+
+    ``min(1, (t + 1) / (warmup_iters + 1)) * (1 - t / max_iters) ** poly_power``; without warm-up this is torch's
+    ``PolynomialLR`` (mmsegmentation's ``PolyLR`` with ``min_lr=0``) in closed form.
+    """
+    t = min(int(iteration), int(max_iters))
+    warm = min(1.0, (t + 1) / (warmup_iters + 1)) if warmup_iters > 0 else 1.0
+    return warm * (1.0 - t / max_iters) ** poly_power
+
+
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    """Poly decay over the whole run: ``lr_t = lr * (1 - t / max_iters) ** poly_power`` (torch's PolynomialLR)."""
-    return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=cfg.max_iters, power=cfg.poly_power)
+    """Warm-up then poly decay over the whole run (:func:`lr_factor`), as a ``LambdaLR`` of every param group.
+
+    The factor is a function of the iteration and the config alone, so the schedule of a resumed run follows the
+    config it resumes with (a longer ``max_iters`` stretches the decay).
+    """
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(lr_factor, max_iters=cfg.max_iters, poly_power=cfg.poly_power,
+                                     warmup_iters=cfg.warmup_iters)
+    )
 
 
 class IterationBatchSampler(Sampler[list[int]]):
@@ -266,6 +285,13 @@ class CoTrainer:
         else:
             self._autocast = contextlib.nullcontext()
         self.generator = torch.Generator(device=self.device).manual_seed(int(cfg.seed) + 1)  # action noise (Eq. 11)
+        self._class_weight: torch.Tensor | None = None  # per-class CE weights (K,), mmsegmentation's class_weight
+        if cfg.class_weights is not None:
+            if len(cfg.class_weights) != self.num_classes:
+                raise ValueError(
+                    f"class_weights must have one value per class ({self.num_classes}), got {len(cfg.class_weights)}"
+                )
+            self._class_weight = torch.tensor(cfg.class_weights, dtype=torch.float32, device=self.device)
         self.iteration = 0  # completed (attempted) iterations
         self.nonfinite_streak = 0
         self.skipped_iterations: list[int] = []
@@ -432,21 +458,23 @@ class CoTrainer:
             stats.setdefault("reason", "non-finite reward")
         loss = zero
         if use_ce:
-            if distributed:  # mean over the labelled pixels of the global batch, once DDP averages the gradients
-                n_valid = (masks != IGNORE_INDEX).sum().float().reshape(1)
-                dist.all_reduce(n_valid)
-                denom = (n_valid / self.dist.world_size).clamp_min(1e-6).reshape(())
-                terms["loss_ce"] = F.cross_entropy(
-                    logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum"
-                ) / denom  # Eq. 2
-                if aux is not None:
-                    terms["loss_aux"] = F.cross_entropy(
-                        aux.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum"
-                    ) / denom
+            weight = self._class_weight
+            if distributed:  # the mean over the labelled pixels of the global batch, once DDP averages the gradients
+                valid = masks != IGNORE_INDEX
+                n = (weight[masks.clamp_max(self.num_classes - 1)] * valid).sum() if weight is not None else valid.sum()
+                n = n.float().reshape(1)
+                dist.all_reduce(n)
+                denom = (n / self.dist.world_size).clamp_min(1e-6).reshape(())
+                ce_kw: dict[str, Any] = {"reduction": "sum"}
             else:
-                terms["loss_ce"] = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)  # Eq. 2
-                if aux is not None:
-                    terms["loss_aux"] = F.cross_entropy(aux.float(), masks, ignore_index=IGNORE_INDEX)
+                denom, ce_kw = torch.ones((), device=images.device), {}
+            terms["loss_ce"] = F.cross_entropy(
+                logits.float(), masks, weight=weight, ignore_index=IGNORE_INDEX, **ce_kw
+            ) / denom  # Eq. 2
+            if aux is not None:
+                terms["loss_aux"] = F.cross_entropy(
+                    aux.float(), masks, weight=weight, ignore_index=IGNORE_INDEX, **ce_kw
+                ) / denom
             loss = terms["loss_ce"] + self.cfg.aux_weight * terms["loss_aux"]
         if use_rl:
             pol = self.objective(
@@ -743,6 +771,7 @@ __all__ = [
     "IterationBatchSampler",
     "build_optimizer",
     "build_scheduler",
+    "lr_factor",
     "param_groups",
     "resolve_device",
     "seed_everything",

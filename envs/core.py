@@ -82,7 +82,7 @@ class SegBanditConfig:
     dataset: Union[str, Dataset] = "digits"
     data_root: Union[str, None] = None
     split: str = "train"
-    model: Union[str, Segmentor] = "fcn_resnet18"
+    model: Union[str, Segmentor] = "fcn_resnet_tiny"
     num_classes: Union[int, None] = None
     image_size: Union[int, None] = None
     obs_mode: str = "latent"

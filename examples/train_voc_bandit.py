@@ -100,7 +100,7 @@ TRAIN_KEYS: tuple[str, ...] = (
     "loss", "loss_ce", "loss_aux", "loss_policy", "loss_kl", "loss_critic", "loss_entropy",
     *(f"reward_{k}" for k in REWARD_TERMS),
     "ratio", "clip_fraction", "kl", "approx_kl", "entropy", "advantage", "baseline", "log_ratio_max", "nonfinite_ratio",
-    "grad_norm", "lr", "skipped",
+    "grad_norm", "lr", "skipped", "data_time", "step_time",
 )  # fmt: skip
 
 
@@ -109,6 +109,10 @@ def _reward_weights(text: str) -> dict[str, float]:
         return parse_reward_weights(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
 
 
 def _or_none(kind: type, words: tuple[str, ...]) -> Any:
@@ -165,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-size", "--eval-samples", dest="val_size", type=int, default=None,
                    help="evaluate on the first N val images")
     g.add_argument("--num-workers", type=int, default=None)
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="train-time augmentation (the dataset preset's train transforms)")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=sorted(SEGMENTORS), default=None)
     g.add_argument("--pretrained-backbone", action=argparse.BooleanOptionalAction, default=None)
@@ -173,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inner width of the attention modulation; 'd' = the latent width, the paper")
     g.add_argument("--num-heads", type=int, default=None)
     g.add_argument("--aux-weight", type=float, default=None)
+    g.add_argument("--class-weights", type=_or_none(_floats, ("none",)), default=None,
+                   help="per-class CE weights, K comma-separated floats; 'none' = plain CE")
     g.add_argument("--policy-hidden", type=int, default=None)
     g.add_argument("--policy-blocks", type=int, default=None)
     g.add_argument("--logstd-bound", type=_or_none(float, ("none",)), default=None,
@@ -198,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--policy-lr", type=float, default=None)
     g.add_argument("--weight-decay", type=float, default=None)
+    g.add_argument("--warmup-iters", type=int, default=None)
+    g.add_argument("--poly-power", type=float, default=None)
     g.add_argument("--grad-clip", type=float, default=None, help="max global gradient norm (off by default)")
     g.add_argument("--max-nonfinite", type=int, default=None)
     del add
@@ -212,9 +222,10 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, tuple[str, 
     if cfg.dataset == "digits":
         train_kw = {"num_samples": cfg.train_size} if cfg.train_size else {}
         val_kw = {"num_samples": cfg.val_size} if cfg.val_size else {}
-        train = make_dataset("digits", cfg.train_split, seed=cfg.seed, image_size=cfg.crop_size, **train_kw)
+        train = make_dataset("digits", cfg.train_split, seed=cfg.seed, image_size=cfg.crop_size, cache=True,
+                             train=cfg.augment, **train_kw)
         # the validation scenes do not depend on the run's seed: runs with different seeds are compared on one set
-        val = make_dataset("digits", cfg.val_split, seed=0, image_size=cfg.crop_size, **val_kw)
+        val = make_dataset("digits", cfg.val_split, seed=0, image_size=cfg.crop_size, cache=True, **val_kw)
         names = tuple(train.class_names)
     else:
         train = make_dataset("voc", cfg.train_split, root=cfg.data_root, image_size=cfg.crop_size)
@@ -479,19 +490,25 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, info: DistIn
             save_checkpoint(out / checkpoint_name(it), ckpt_state, keep=cfg.keep_checkpoints)
 
     last_eval: dict[str, Any] | None = None
+    data_s = step_s = 0.0  # seconds this process spent waiting for batches and in train_step (this session)
     loader_iter = iter(train_loader)
     bar = tqdm(total=cfg.max_iters, initial=start, desc=f"{cfg.algo}/{cfg.schedule}", dynamic_ncols=True,
                mininterval=1.0, file=sys.stderr, disable=not main_rank)
     try:
         while trainer.iteration < cfg.max_iters:
             data_error: DataError | None = None
+            t0 = time.perf_counter()
             try:
                 images, masks = next(loader_iter)
             except DataError as err:  # a bad file mid-run: stop without writing a checkpoint for a partial step
                 data_error = DataError(_one_line(err))
+            t1 = time.perf_counter()
             if any_rank(data_error is not None, info, device):  # every rank stops together
                 raise data_error or DataError(f"another rank hit bad data at iteration {trainer.iteration + 1}")
             stats = trainer.train_step(images, masks)
+            t2 = time.perf_counter()
+            data_s, step_s = data_s + (t1 - t0), step_s + (t2 - t1)
+            stats.update(data_time=t1 - t0, step_time=t2 - t1)
             it = int(stats["iteration"])
             bar.update(1)
             postfix = {"loss": f"{stats['loss']:.3f}", "reward": f"{stats['reward_total']:.3f}"}
@@ -522,8 +539,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, info: DistIn
         title = (f"{cfg.preset}: {cfg.model}, {cfg.algo}, {cfg.schedule}, {trainer.iteration} iterations "
                  f"({'digits' if cfg.dataset == 'digits' else 'VOC ' + cfg.val_split})")
         table = format_final_table(final, class_names, sampled, title=title)
+        share = data_s / max(data_s + step_s, 1e-9)
         footer = (f"\nwall time {wall / 60:.2f} min (training loop and evals {train_time / 60:.2f} min), "
-                  f"peak RSS {rss:.0f} MB, device {device}, skipped steps {len(trainer.skipped_iterations)}\n")
+                  f"peak RSS {rss:.0f} MB, device {device}, skipped steps {len(trainer.skipped_iterations)}\n"
+                  f"data: {data_s:.1f} s waiting for batches, {step_s:.1f} s in training steps "
+                  f"({100 * share:.1f}% of the step time spent producing data)\n")
         if info.enabled:
             footer += (f"DDP: {info.world_size} processes ({torch.distributed.get_backend()}), global batch "
                        f"{cfg.batch_size}, sync-bn {trainer.sync_bn}, ranks in sync (state sha256 {digest[:16]})\n")
@@ -540,6 +560,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, info: DistIn
         "iterations": trainer.iteration,
         "skipped_iterations": list(trainer.skipped_iterations),
         "wall_time_s": wall,
+        "data_time_s": data_s,
+        "step_time_s": step_s,
         "peak_rss_mb": rss,
         "out": str(out),
         "rank": info.rank,

@@ -1,13 +1,14 @@
 """Segmentors split at the latent the head reads: ``x -> encode -> z -> decode(z, s) -> logits``.
 
-Backbones and heads are torchvision's (FCN / DeepLabV3 on ResNet, plus a ResNet-18 FCN at output
-stride 8 for CPUs). With a modulation, the decoder reads ``concat(z, alpha * modulation(z, s))``
+Backbones and heads are torchvision's (FCN / DeepLabV3 on ResNet, a ResNet-18 FCN at output stride 8, and
+``fcn_resnet_tiny``: ResNet ``BasicBlock`` stages at reduced width with an output stride of 4, the CPU testbed). With a modulation, the decoder reads ``concat(z, alpha * modulation(z, s))``
 (paper Sec. 3.2, Eq. 13-14), so the head's input convolutions are widened from ``d`` to ``2d``.
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -16,12 +17,13 @@ from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, ResNet101_Weights, WeightsEnum, resnet18
 from torchvision.models import segmentation as tv_seg
 from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.resnet import BasicBlock
 from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.fcn import FCNHead
 
 from segbandit.modulation import MODULATION_NAMES, make_modulation
 
-__all__ = ["Segmentor", "SegmentorParts", "SEGMENTORS", "build_segmentor", "widen_head_input"]
+__all__ = ["Segmentor", "SegmentorParts", "SEGMENTORS", "build_segmentor", "fcn_head", "widen_head_input"]
 
 
 class SegmentorParts(NamedTuple):
@@ -72,6 +74,79 @@ def _fcn_resnet18(num_classes: int, pretrained_backbone: bool, aux_loss: bool) -
     return SegmentorParts(backbone, FCNHead(512, num_classes), aux, 512)
 
 
+# fcn_resnet_tiny: (planes, stride, dilation) of its BasicBlock stages after a stride-2 stem of TINY_STEM channels.
+# Two stages at stride 2 (32 x 32 for a 64 px scene: cheap on a CPU, and where the strokes of a 15 px digit are still
+# resolved), then one stage down to output stride 4 and one dilated stage there: a 16 x 16 latent (a stride-8 latent
+# caps DigitScenes mIoU at ~0.59 even with perfect latent logits, stride 4 at ~0.92).  The attention modulation
+# adds the global context a larger dilation would (dilation 4 and 8 stages read mostly padding on a 16 x 16 map and
+# learnt slower, docs/embedded.md).
+TINY_STEM = 32
+TINY_STAGES: tuple[tuple[int, int, int], ...] = ((32, 1, 1), (32, 1, 1), (64, 2, 1), (64, 1, 2))
+
+
+def _basic_stage(inplanes: int, planes: int, stride: int = 1, dilation: int = 1, blocks: int = 1) -> nn.Sequential:
+    """A ResNet stage of torchvision ``BasicBlock``s (like ``ResNet._make_layer``), its 3x3 convs dilated in place."""
+    layers = []
+    for i in range(blocks):
+        s = stride if i == 0 else 1
+        c_in = inplanes if i == 0 else planes
+        down = None
+        if s != 1 or c_in != planes:
+            down = nn.Sequential(nn.Conv2d(c_in, planes, 1, stride=s, bias=False), nn.BatchNorm2d(planes))
+        block = BasicBlock(c_in, planes, stride=s, downsample=down)  # BasicBlock refuses dilation > 1 itself
+        for conv in (block.conv1, block.conv2):
+            conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
+        layers.append(block)
+    return nn.Sequential(*layers)
+
+
+def fcn_head(
+    in_channels: int, num_classes: int, inter_channels: Optional[int] = None, dropout: float = 0.1
+) -> FCNHead:
+    """torchvision's ``FCNHead`` (conv3x3-BN-ReLU-dropout-conv1x1) with an inner width of ``inter_channels``.
+
+    ``None`` keeps torchvision's ``in_channels // 4`` (512 for ResNet-50's 2048).  At ``in_channels = 64`` that would
+    be a 16-channel bottleneck for 11 classes, so the tiny model sets it to ``in_channels``.  ``dropout`` is
+    torchvision's 0.1 by default; the tiny model, which underfits its 5-minute budget, uses 0 (the module stays, so
+    the layout and indices are torchvision's).
+    """
+    head = FCNHead(in_channels, num_classes)
+    head[3] = nn.Dropout(dropout)
+    if inter_channels is not None:
+        head[0] = nn.Conv2d(in_channels, inter_channels, 3, padding=1, bias=False)
+        head[1] = nn.BatchNorm2d(inter_channels)
+        head[4] = nn.Conv2d(inter_channels, num_classes, 1)
+    return head
+
+
+def _fcn_resnet_tiny(num_classes: int, pretrained_backbone: bool, aux_loss: bool) -> SegmentorParts:
+    """ResNet ``BasicBlock`` stages at widths 32-64 with an output stride of 4 and FCN heads: the CPU testbed."""
+    if pretrained_backbone:
+        raise ValueError("fcn_resnet_tiny has no pretrained weights: it trains from scratch (pretrained_backbone=False)")
+    stages: OrderedDict[str, nn.Module] = OrderedDict(
+        stem=nn.Sequential(  # (B, 3, H, W) -> (B, TINY_STEM, H/2, W/2)
+            nn.Conv2d(3, TINY_STEM, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(TINY_STEM), nn.ReLU(inplace=True)
+        )
+    )
+    channels = TINY_STEM
+    for i, (planes, stride, dilation) in enumerate(TINY_STAGES, start=1):
+        stages[f"layer{i}"] = _basic_stage(channels, planes, stride, dilation)
+        channels = planes
+    body = nn.Sequential(stages)
+    for m in body.modules():  # torchvision ResNet's initialisation (its zero_init_residual=False); 0.9 points better here
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    n = len(TINY_STAGES)
+    return_layers = {f"layer{n}": "out", f"layer{n - 1}": "aux"} if aux_loss else {f"layer{n}": "out"}
+    backbone = IntermediateLayerGetter(body, return_layers=return_layers)
+    aux_channels = TINY_STAGES[-2][0]
+    aux = fcn_head(aux_channels, num_classes, aux_channels, dropout=0.0) if aux_loss else None
+    return SegmentorParts(backbone, fcn_head(channels, num_classes, channels, dropout=0.0), aux, channels)
+
+
 def _torchvision_builder(fn: Callable[..., nn.Module], backbone_weights: WeightsEnum):
     """Registry builder taking backbone, head and aux head from a torchvision segmentation builder."""
 
@@ -87,6 +162,7 @@ def _torchvision_builder(fn: Callable[..., nn.Module], backbone_weights: Weights
 
 
 SEGMENTORS: dict[str, Callable[[int, bool, bool], SegmentorParts]] = {
+    "fcn_resnet_tiny": _fcn_resnet_tiny,
     "fcn_resnet18": _fcn_resnet18,
     "fcn_resnet50": _torchvision_builder(tv_seg.fcn_resnet50, ResNet50_Weights.IMAGENET1K_V1),
     "fcn_resnet101": _torchvision_builder(tv_seg.fcn_resnet101, ResNet101_Weights.IMAGENET1K_V1),

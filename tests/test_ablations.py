@@ -11,7 +11,7 @@ TINY = dict(crop_size=32, batch_size=2, eval_batch_size=4, max_iters=2, train_si
 
 
 def _base():
-    return abl.base_config("digits", budget={**abl.DIGITS_BUDGET, **TINY})
+    return abl.base_config(abl.HARNESS_DIGITS_PRESET, budget={**abl.DIGITS_BUDGET, **TINY})
 
 
 def test_every_table_has_exactly_one_reference_row_and_known_overrides():

@@ -122,6 +122,12 @@ def test_named_model_is_built_identically_from_model_seed():
         assert torch.equal(pa, pb)
 
 
+def test_default_model_is_the_cpu_sized_stride_4_segmentor():
+    env = SegBanditVectorEnv(num_envs=1, image_size=64, dataset_kwargs=TINY)
+    assert env.config.model == "fcn_resnet_tiny" and env.segmentor.latent_channels == 64
+    assert env.single_observation_space.shape == (64, 16, 16)  # d = 64 at stride 4 of a 64 px scene
+
+
 def test_unknown_obs_mode_raises_value_error_listing_choices(segmentor):
     with pytest.raises(ValueError, match="obs_mode.*'pixels'.*latent, pooled"):
         SegBanditVectorEnv(num_envs=1, model=segmentor, obs_mode="pixels")

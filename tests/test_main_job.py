@@ -151,3 +151,44 @@ def test_voc_without_data_is_a_one_line_data_error(tmp_path):
     with pytest.raises(DataError, match="VOCdevkit") as exc:
         job.main(["--preset", "voc-fcn-r50", "--out", str(tmp_path / "voc")])
     assert "\n" not in str(exc.value)
+
+
+def background_only_miou(val) -> float:
+    """The val mIoU of predicting background (class 0) at every pixel, on the very scenes the job evaluates."""
+    from segbandit.metrics import SegmentationMetric
+
+    masks = torch.stack([torch.as_tensor(val[i][1]) for i in range(len(val))]).long()  # (N, H, W)
+    metric = SegmentationMetric(11)
+    metric.update(torch.zeros_like(masks), masks)
+    return float(metric.compute()["miou"])
+
+
+LEARNS = [
+    "--crop-size", "48", "--max-iters", "450", "--train-size", "2400", "--val-size", "64",
+    "--eval-every", "225", "--save-every", "450", "--warmup-iters", "30", "--num-overlays", "2",
+    "--device", "cpu",
+]  # fmt: skip
+
+
+def test_a_short_main_job_learns_the_digits_beyond_three_times_background_only(tmp_path):
+    result = job.main([*LEARNS, "--out", str(tmp_path / "run")])
+    cfg = job.config_from_args(job.build_parser().parse_args(LEARNS))
+    _, val, _, _ = job.build_datasets(cfg)
+    floor = background_only_miou(val)
+    assert 0.05 < floor < 0.12  # background is ~90% of the pixels: ~0.9 / 11
+    assert result["miou"] >= 3 * floor, (result["miou"], floor)
+
+
+def test_the_default_run_folder_holds_small_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    job.main(["--crop-size", "32", "--batch-size", "2", "--max-iters", "3", "--train-size", "8", "--val-size", "4",
+              "--eval-every", "3", "--save-every", "1", "--num-overlays", "2", "--out", str(out)])  # the preset's model
+    assert len(list_checkpoints(out)) == 2  # keep_checkpoints of the preset
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert size < 50e6, size
+
+
+def test_the_old_digits_budget_still_runs_with_fcn_resnet18(tmp_path):
+    result = job.main(["--preset", "digits-fcn-r18", *TINY, "--out", str(tmp_path / "r18")])
+    config = json.loads((tmp_path / "r18" / "config.json").read_text())
+    assert config["model"] == "fcn_resnet18" and config["batch_size"] == 2 and result["iterations"] == 2

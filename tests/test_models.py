@@ -231,3 +231,69 @@ def test_cross_entropy_gradient_reaches_backbone_modulation_alpha_and_heads():
     }
     missing = [k for k, p in params.items() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
     assert missing == []
+
+
+# -- fcn_resnet_tiny: the CPU testbed ------------------------------------------------------------------------------
+
+
+def _tiny(modulation: str = "attention", **kw) -> Segmentor:
+    torch.manual_seed(0)
+    return build_segmentor("fcn_resnet_tiny", K, modulation=modulation, num_heads=4, **kw)
+
+
+def test_fcn_resnet_tiny_latent_has_64_channels_at_stride_4_and_logits_come_back_at_input_size():
+    seg = _tiny().eval()
+    with torch.no_grad():
+        feats = seg.features(_x(size=64))
+        out = seg(_x(size=64))
+    assert feats["out"].shape == (2, 64, 16, 16) and seg.latent_channels == 64
+    assert feats["aux"].shape[-2:] == (16, 16)
+    assert out["out"].shape == out["aux"].shape == (2, K, 64, 64)
+
+
+def test_fcn_resnet_tiny_is_built_of_torchvision_basic_blocks_and_fcn_heads():
+    from torchvision.models.resnet import BasicBlock
+    from torchvision.models.segmentation.fcn import FCNHead
+
+    seg = _tiny()
+    blocks = [m for m in seg.backbone.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) >= 3
+    assert isinstance(seg.classifier, FCNHead) and isinstance(seg.aux_classifier, FCNHead)
+    assert seg.classifier[0].in_channels == 2 * 64  # widened for concat(z, alpha * z_mod)
+    assert any(b.conv1.dilation == (2, 2) for b in blocks)
+    assert seg.classifier[3].p == 0.0 and seg.aux_classifier[3].p == 0.0  # no head dropout: the model underfits
+
+
+@pytest.mark.parametrize("modulation", ["attention", "self_attention", "add", "mul", "concat", "none"])
+def test_fcn_resnet_tiny_decodes_with_every_modulation(modulation):
+    seg = _tiny(modulation).eval()
+    with torch.no_grad():
+        z = seg.encode(_x(size=32))
+        logits = seg.decode(z, torch.randn_like(z), out_size=(32, 32))
+    assert z.shape == (2, 64, 8, 8) and logits.shape == (2, K, 32, 32)
+    assert seg.decoder_channels == (64 if modulation == "none" else 128)
+
+
+def test_fcn_resnet_tiny_refuses_pretrained_weights_in_one_line():
+    with pytest.raises(ValueError, match="no pretrained weights.*pretrained_backbone=False"):
+        build_segmentor("fcn_resnet_tiny", K, pretrained_backbone=True)
+
+
+def test_fcn_resnet_tiny_forward_with_attention_and_policy_costs_at_most_300_mflop_per_64px_image():
+    from benchmarks.bench_model_cost import forward_flops, preset_model_kwargs
+
+    tiny = forward_flops("fcn_resnet_tiny", image_size=64, **preset_model_kwargs("fcn_resnet_tiny"))
+    r18 = forward_flops("fcn_resnet18", image_size=64, **preset_model_kwargs("fcn_resnet18"))
+    assert tiny["modulation"] > 0 and tiny["policy"] > 0  # both are counted in the total
+    assert tiny["total"] <= 300e6
+    assert r18["total"] > 5 * tiny["total"]
+    assert tiny["latent"] == (64, 16, 16)
+
+
+def test_fcn_head_with_inner_width_keeps_torchvision_layout():
+    from segbandit.models import fcn_head
+
+    head = fcn_head(64, K, 48)
+    assert [type(m).__name__ for m in head] == ["Conv2d", "BatchNorm2d", "ReLU", "Dropout", "Conv2d"]
+    assert (head[0].in_channels, head[0].out_channels, head[4].in_channels, head[4].out_channels) == (64, 48, 48, K)
+    assert fcn_head(64, K)[0].out_channels == 16  # torchvision's in_channels // 4

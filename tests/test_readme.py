@@ -28,7 +28,7 @@ def _block(marker: str) -> str:
 def test_readme_torchrl_example_passes_check_env_specs_and_rolls_out():
     proc = _run(_block("SegBanditTorchEnv"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "torch.Size([4, 3, 1]) torch.Size([4, 3, 512])" in proc.stdout
+    assert "torch.Size([4, 3, 1]) torch.Size([4, 3, 64])" in proc.stdout  # d = 64: fcn_resnet_tiny
 
 
 def test_readme_sb3_example_trains_ppo_on_the_adapter():

@@ -242,7 +242,8 @@ def test_kill_9_at_any_moment_leaves_loadable_checkpoints_and_resume_loses_at_mo
 
 
 def tiny_trainer(**overrides) -> CoTrainer:
-    base = dict(crop_size=32, batch_size=2, policy_hidden=16, attn_dim=32, num_heads=4, device="cpu", max_iters=10)
+    base = dict(crop_size=32, batch_size=2, policy_hidden=16, attn_dim=32, num_heads=4, device="cpu", max_iters=10,
+                warmup_iters=0)  # the tests read the lr of the first step
     return CoTrainer.from_config(make_config("digits", **{**base, **overrides}), 11)
 
 

@@ -18,7 +18,7 @@ from agents.checkpoint import (
     save_checkpoint,
 )
 from agents.config import PRESETS, TrainConfig, config_from_args, load_config, make_config, save_config
-from agents.trainer import CoTrainer, IterationBatchSampler, build_optimizer, build_scheduler
+from agents.trainer import CoTrainer, IterationBatchSampler, build_optimizer, build_scheduler, lr_factor
 from segbandit.policy import sample_action
 
 K = 5  # classes of the toy batches
@@ -28,6 +28,7 @@ def tiny_cfg(**overrides) -> TrainConfig:
     base = dict(
         crop_size=32, batch_size=2, max_iters=4, policy_hidden=16, attn_dim=32, num_heads=4,
         optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, device="cpu", num_workers=0,
+        class_weights=None, warmup_iters=0,
     )  # fmt: skip
     base.update(overrides)
     return make_config("digits", **base)
@@ -250,6 +251,50 @@ def test_sgd_poly_schedule_follows_the_formula():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * (1 - 4 / 10) ** 0.9)
 
 
+def test_warmup_rises_linearly_to_the_base_lr_then_decays_as_poly():
+    cfg = tiny_cfg(max_iters=20, lr=0.1, poly_power=1.0, warmup_iters=4)
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = build_optimizer(cfg, [{"params": [p]}, {"params": [], "lr": 0.01}])
+    sched = build_scheduler(cfg, opt)
+    seen = []
+    for _ in range(8):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    expected = [min(1.0, (t + 1) / 5) * (1 - t / 20) for t in range(8)]
+    assert [a for a, _ in seen] == pytest.approx([0.1 * f for f in expected])
+    assert [b for _, b in seen] == pytest.approx([0.01 * f for f in expected])  # every group, its own base lr
+    assert lr_factor(20, 20, 0.9, 4) == 0.0 and lr_factor(25, 20, 0.9) == 0.0
+
+
+def _loss_ce(x: torch.Tensor, y: torch.Tensor, class_weights) -> float:
+    cfg = tiny_cfg(class_weights=class_weights, lambda_policy=0.0, lambda_kl=0.0, aux_weight=0.0)
+    trainer = CoTrainer.from_config(cfg, K)
+    trainer.generator.manual_seed(7)
+    torch.manual_seed(3)  # dropout
+    return trainer.backward_only(x, y)["loss_ce"]
+
+
+def test_class_weights_weight_each_labelled_pixel_by_its_class():
+    x, y = toy_batch()
+    plain = _loss_ce(x, y, None)
+    assert _loss_ce(x, y, (2.0,) * K) == pytest.approx(plain, rel=1e-5)  # a common scale cancels in the mean
+    only_class_0 = torch.where(y == 0, y, torch.full_like(y, 255))
+    assert _loss_ce(x, y, (1.0,) + (0.0,) * (K - 1)) == pytest.approx(_loss_ce(x, only_class_0, None), rel=1e-5)
+
+
+def test_class_weights_of_the_wrong_length_are_refused_naming_both_counts():
+    with pytest.raises(ValueError, match="one value per class \\(5\\), got 3"):
+        CoTrainer.from_config(tiny_cfg(class_weights=(1.0, 2.0, 3.0)), K)
+    with pytest.raises(ValueError, match="finite non-negative"):
+        tiny_cfg(class_weights=(1.0, -1.0, 1.0, 1.0, 1.0))
+
+
+def test_negative_warmup_is_refused():
+    with pytest.raises(ValueError, match="warmup_iters must be >= 0, got -1"):
+        tiny_cfg(warmup_iters=-1)
+
+
 def test_iteration_batch_sampler_depends_only_on_seed_and_iteration():
     full = IterationBatchSampler(10, 3, seed=4)
     it = iter(full)
@@ -330,7 +375,7 @@ def test_config_from_args_applies_the_preset_then_explicit_flags(tmp_path):
     save_config(cfg, tmp_path / "config.json")
     assert json.loads((tmp_path / "config.json").read_text())["lr"] == 0.5
     assert load_config(tmp_path / "config.json") == cfg
-    with pytest.raises(ValueError, match="valid names: digits, voc-fcn-r50"):
+    with pytest.raises(ValueError, match="valid names: digits, digits-fcn-r18, voc-fcn-r50"):
         make_config("nope")
     with pytest.raises(ValueError, match="valid names: joint, sft_then_rl, rl_only"):
         make_config("digits", schedule="sometimes")

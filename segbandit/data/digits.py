@@ -59,21 +59,35 @@ def _contrasting_colour(rng: np.random.Generator, lum_lo: float, lum_hi: float) 
     return np.full(3, 0.0 if lum_lo > 1.0 - lum_hi else 1.0, dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (yy, xx), each float32 (size, size), read-only (shared by every scene of that size)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Smooth two-colour linear gradient, all light or all dark, (size, size, 3) float32 in [0, 1]."""
     light = rng.random() < 0.5
     lo, hi = (0.55, 1.0) if light else (0.0, 0.45)
     c0, c1 = rng.uniform(lo, hi, (2, 3)).astype(np.float32)  # (3,), (3,)
     theta = rng.uniform(0.0, 2.0 * np.pi)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)  # (size, size)
+    yy, xx = _grid(size)  # (size, size)
     t = xx * np.cos(theta) + yy * np.sin(theta)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)  # (size, size) in [0, 1]
     return c0 + (c1 - c0) * t[..., None]  # (size, size, 3)
 
 
-def _clutter_alpha(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Soft alpha (size, size) of one thin curved stroke or one small blob."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+def _box(lo_xy: np.ndarray, hi_xy: np.ndarray, size: int) -> tuple[slice, slice]:
+    """The (rows, cols) slices of the pixels with lo <= (x, y) <= hi, clipped to the image."""
+    (x0, y0), (x1, y1) = np.floor(lo_xy).astype(int), np.ceil(hi_xy).astype(int)
+    return slice(max(y0, 0), min(y1 + 1, size)), slice(max(x0, 0), min(x1 + 1, size))
+
+
+def _clutter_alpha(rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """Soft alpha of one thin curved stroke or one small blob: (alpha (h_box, w_box), box); alpha is 0 off the box."""
+    yy, xx = _grid(size)
     if rng.random() < 0.7:  # quadratic Bezier stroke, thinner than digit strokes
         p0 = rng.uniform(0, size - 1, 2)
         length = rng.uniform(0.2, 0.8) * size
@@ -83,17 +97,21 @@ def _clutter_alpha(rng: np.random.Generator, size: int) -> np.ndarray:
         p1 = (p0 + p2) / 2 + normal * rng.normal(0.0, 0.25 * length)
         t = np.linspace(0.0, 1.0, 32)[:, None]  # (K, 1)
         pts = ((1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2).astype(np.float32)  # (K, 2) as (x, y)
-        d2 = (xx[None] - pts[:, 0, None, None]) ** 2 + (yy[None] - pts[:, 1, None, None]) ** 2  # (K, size, size)
-        dist = np.sqrt(d2.min(axis=0))  # (size, size)
         half_width = rng.uniform(0.6, 1.4)
-        return np.clip(half_width + 0.5 - dist, 0.0, 1.0)
+        box = _box(pts.min(0) - 2, pts.max(0) + 2, size)  # alpha is 0 beyond half_width + 0.5 < 2 px of the curve
+        bx, by = xx[box], yy[box]  # (h_box, w_box)
+        d2 = (bx[None] - pts[:, 0, None, None]) ** 2 + (by[None] - pts[:, 1, None, None]) ** 2  # (K, h_box, w_box)
+        return np.clip(half_width + 0.5 - np.sqrt(d2.min(axis=0)), 0.0, 1.0), box
     cx, cy = rng.uniform(0, size - 1, 2)  # ellipse blob
     rx, ry = rng.uniform(1.5, 4.5, 2)
     ang = rng.uniform(0, np.pi)
-    u = (xx - cx) * np.cos(ang) + (yy - cy) * np.sin(ang)
-    v = -(xx - cx) * np.sin(ang) + (yy - cy) * np.cos(ang)
+    reach = max(rx, ry) * (1.0 + 0.5 / min(rx, ry)) + 1.0  # alpha > 0 needs rho < 1 + 0.5 / min(rx, ry)
+    box = _box(np.array([cx, cy]) - reach, np.array([cx, cy]) + reach, size)
+    bx, by = xx[box], yy[box]  # (h_box, w_box)
+    u = (bx - cx) * np.cos(ang) + (by - cy) * np.sin(ang)
+    v = -(bx - cx) * np.sin(ang) + (by - cy) * np.cos(ang)
     rho = np.sqrt((u / rx) ** 2 + (v / ry) ** 2)
-    return np.clip((1.0 - rho) * min(rx, ry) + 0.5, 0.0, 1.0)
+    return np.clip((1.0 - rho) * min(rx, ry) + 0.5, 0.0, 1.0), box
 
 
 def _digit_ink(glyph: np.ndarray, side: int) -> np.ndarray:
@@ -128,10 +146,10 @@ def render_scene(
 
     if clutter:  # ink-like strokes/blobs that stay background (0): "where the ink is" is not enough
         for _ in range(int(clutter_rng.integers(1, 4))):
-            alpha = _clutter_alpha(clutter_rng, size)  # (size, size)
-            under = bg_lum[alpha > 0] if (alpha > 0).any() else bg_lum
+            alpha, box = _clutter_alpha(clutter_rng, size)  # (h_box, w_box), 0 outside the box
+            under = bg_lum[box][alpha > 0] if (alpha > 0).any() else bg_lum
             colour = _contrasting_colour(clutter_rng, float(under.min()), float(under.max()))
-            image = image * (1 - alpha[..., None]) + colour * alpha[..., None]
+            image[box] = image[box] * (1 - alpha[..., None]) + colour * alpha[..., None]
 
     for _ in range(int(digit_rng.integers(min_digits, max_digits + 1))):
         j = int(digit_rng.integers(len(glyphs)))
@@ -156,7 +174,9 @@ class DigitScenes(torch.utils.data.Dataset):
     """Multi-digit scenes on cluttered colour backgrounds, generated on the fly; ``__getitem__(i) -> (image, mask)``.
 
     Scene ``i`` is drawn from ``np.random.default_rng([seed, split_code, i])``: deterministic per (seed, split, i)
-    and identical across DataLoader workers. Train scenes use only train source digits (``source_indices``), val
+    and identical across DataLoader workers.  ``cache=True`` keeps every rendered scene in memory (uint8, 16 KB per
+    64 px scene), so each is rendered once per process: a training run then spends its data time on the first
+    epoch only. Train scenes use only train source digits (``source_indices``), val
     scenes only val ones. Without ``transforms``: tv_tensors.Image uint8 ``(3, size, size)`` and tv_tensors.Mask
     int64 ``(size, size)`` with 0 = background, ``c + 1`` = digit ``c``, 255 = void (soft ink edges).
     """
@@ -176,6 +196,7 @@ class DigitScenes(torch.utils.data.Dataset):
         scale_range: tuple[float, float] = (1.5, 3.5),
         clutter: bool = True,
         transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+        cache: bool = False,
     ) -> None:
         if split not in SPLIT_CODES:
             raise ValueError(f"unknown DigitScenes split {split!r}; valid splits: {', '.join(SPLIT_CODES)}")
@@ -203,6 +224,30 @@ class DigitScenes(torch.utils.data.Dataset):
         glyphs, labels = load_source_digits()
         self._glyphs = glyphs[self.source_indices]  # (n_src, 8, 8)
         self._labels = labels[self.source_indices]  # (n_src,)
+        self.cache = bool(cache)
+        self._bank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # images, masks, filled
+
+    def _cached_scene(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scene ``index`` from the in-memory bank (rendered on first access): uint8 (3, S, S), uint8 (S, S)."""
+        if self._bank is None:  # allocated lazily, so that an unused dataset (or a pickled copy) costs nothing
+            n, size = len(self), self.size
+            self._bank = (
+                torch.empty((n, 3, size, size), dtype=torch.uint8),  # (N, 3, S, S)
+                torch.empty((n, size, size), dtype=torch.uint8),  # (N, S, S): labels 0..10 and 255 fit
+                torch.zeros(n, dtype=torch.bool),
+            )
+        images, masks, filled = self._bank
+        if not filled[index]:
+            image, mask = self.scene(index)
+            images[index] = torch.from_numpy(image).permute(2, 0, 1)
+            masks[index] = torch.from_numpy(mask.astype(np.uint8))
+            filled[index] = True
+        return images[index], masks[index]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_bank"] = None  # DataLoader workers and copies start with an empty bank of their own
+        return state
 
     def __len__(self) -> int:
         return self.num_samples
@@ -219,9 +264,17 @@ class DigitScenes(torch.utils.data.Dataset):
         )
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        image, mask = self.scene(index)
-        img_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())  # (3, size, size) uint8
-        mask_t = tv_tensors.Mask(torch.from_numpy(mask))  # (size, size) int64
+        if self.cache:
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"index {index} out of range for {n} samples")
+            image_u8, mask_u8 = self._cached_scene(index % n)
+            img_t = tv_tensors.Image(image_u8.clone())  # (3, size, size) uint8
+            mask_t = tv_tensors.Mask(mask_u8.to(torch.int64))  # (size, size) int64
+        else:
+            image, mask = self.scene(index)
+            img_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())  # (3, size, size) uint8
+            mask_t = tv_tensors.Mask(torch.from_numpy(mask))  # (size, size) int64
         if self.transforms is not None:
             return self.transforms(img_t, mask_t)
         return img_t, mask_t

@@ -214,9 +214,9 @@ def digits_preset(size: int = 64) -> tuple[SegmentationTransform, SegmentationTr
     """Light augmentation for digit scenes -> ``(train_tf, eval_tf)``.
 
     Train: rescale 0.75-1.25 (relative), crop ``size`` (pad 0 / 255), NO flip (digits are not mirror-symmetric),
-    mild photometric distortion, ImageNet normalisation. Eval: resize to ``(size, size)`` (a no-op for scenes of
-    that size), normalisation.
+    mild photometric distortion, ImageNet normalisation. Eval: normalisation only (scenes are rendered at ``size``,
+    so a resize to ``(size, size)`` would be a no-op that costs as much as the rest of the transform).
     """
     train_tf = train_transforms(size, scale_range=(0.75, 1.25), base_size=None, flip=False, mild_photometric=True)
-    eval_tf = eval_transforms((size, size))
+    eval_tf = eval_transforms(None)
     return train_tf, eval_tf
