@@ -8,11 +8,13 @@ from agents.distributions import LatentGaussian
 from agents.losses import CRITIC_ALGOS, LOSSES, LatentPPOLoss, make_loss, ratio_diagnostics
 from agents.objective import ALGOS, PolicyObjective
 from agents.reference import EMAReferencePolicy
+from agents.trainer import CoTrainer, NonFiniteError
 
 __all__ = [
     "ACTION_MODES",
     "ALGOS",
     "CRITIC_ALGOS",
+    "CoTrainer",
     "CriticAdvantage",
     "EMABaselineAdvantage",
     "EMAReferencePolicy",
@@ -20,6 +22,7 @@ __all__ = [
     "LOSSES",
     "LatentGaussian",
     "LatentPPOLoss",
+    "NonFiniteError",
     "PolicyObjective",
     "ValueHead",
     "make_actor",

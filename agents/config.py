@@ -123,7 +123,8 @@ class TrainConfig:
         ):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid names: {', '.join(valid)}")
-        for name in ("max_iters", "batch_size", "crop_size", "eval_every", "save_every", "log_every", "max_nonfinite"):
+        for name in ("max_iters", "batch_size", "crop_size", "eval_every", "save_every", "log_every", "max_nonfinite",
+                     "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if int(self.warmup_iters) < 0:

@@ -447,8 +447,9 @@ class CoTrainer:
         # Under DDP a rank never leaves early: every rank must run the same collectives (baseline mean, gradient
         # all-reduce); the reason is kept and the step is skipped on every rank after the backward.
         if not bool(torch.isfinite(logits.detach()).all()):
-            if not distributed:
-                return None, {**stats, "reason": "non-finite logits", **_floats({**terms, **diag})}
+            if not distributed:  # every key a normal step reports, NaN: the loop and its logs read them all
+                nan_rewards = {f"reward_{k}": torch.full((), math.nan) for k in REWARD_TERMS}
+                return None, {**stats, "reason": "non-finite logits", **_floats({**terms, **diag, **nan_rewards})}
             stats["reason"] = "non-finite logits"
         reward = self.reward_fn(logits.detach(), masks)  # Eq. 15, (B,) float32 terms
         r_stats = {f"reward_{k}": reward[k].mean() for k in REWARD_TERMS}

@@ -405,7 +405,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, info: DistInfo, t_start: float) -> dict[str, Any]:
     main_rank = info.is_main
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as err:  # an invalid value (--batch-size 0, --max-iters -1, ...): one line, exit 2, no work
+        parser.error(str(err))
     if cfg.out is None and not cfg.resume:  # one timestamped folder for every rank
         cfg = from_dict({**cfg.to_dict(), "out": broadcast_object(
             str(Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"), info)})

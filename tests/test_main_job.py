@@ -192,3 +192,22 @@ def test_the_old_digits_budget_still_runs_with_fcn_resnet18(tmp_path):
     result = job.main(["--preset", "digits-fcn-r18", *TINY, "--out", str(tmp_path / "r18")])
     config = json.loads((tmp_path / "r18" / "config.json").read_text())
     assert config["model"] == "fcn_resnet18" and config["batch_size"] == 2 and result["iterations"] == 2
+
+
+def test_non_finite_weights_are_skipped_then_stop_with_exit_code_3(tmp_path, capsys):
+    code = job.cli([*TINY[:6], "--max-iters", "6", "--eval-every", "6", "--optimizer", "sgd", "--lr", "nan",
+                    "--max-nonfinite", "2", "--out", str(tmp_path / "nan")])
+    err = capsys.readouterr().err
+    assert code == job.EXIT_NONFINITE
+    assert "error:" in err and "consecutive non-finite steps" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags", [["--batch-size", "0"], ["--max-iters", "-1"], ["--keep-checkpoints", "0"],
+                                   ["--warmup-iters", "-5"]])  # fmt: skip
+def test_an_invalid_value_is_one_argparse_line_and_exit_2_before_any_work(flags, tmp_path, capsys):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exc:
+        job.main([*flags, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "must be >= " in err and "Traceback" not in err
+    assert not out.exists()

@@ -379,3 +379,9 @@ def test_config_from_args_applies_the_preset_then_explicit_flags(tmp_path):
         make_config("nope")
     with pytest.raises(ValueError, match="valid names: joint, sft_then_rl, rl_only"):
         make_config("digits", schedule="sometimes")
+
+
+def test_the_co_trainer_is_importable_from_the_package():
+    import agents
+
+    assert agents.CoTrainer is CoTrainer and "CoTrainer" in agents.__all__
