@@ -385,3 +385,12 @@ def test_the_co_trainer_is_importable_from_the_package():
     import agents
 
     assert agents.CoTrainer is CoTrainer and "CoTrainer" in agents.__all__
+
+
+def test_retention_never_deletes_the_checkpoint_just_written_for_a_newer_corrupt_one(tmp_path):
+    trainer = CoTrainer.from_config(tiny_cfg(), K)
+    (tmp_path / checkpoint_name(100)).write_bytes(b"truncated")  # newer than anything this run writes
+    for it in (1, 2):
+        save_checkpoint(tmp_path / checkpoint_name(it), trainer.state_dict(), keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [checkpoint_name(2), checkpoint_name(100)]
+    assert load_checkpoint(tmp_path / checkpoint_name(2))["iteration"] == 0
