@@ -415,6 +415,11 @@ class SegBanditCore:
         s = broadcast_action(a, self.latent_shape[1:])  # (B, d, h, w)
         with self._grad():
             logits = self.segmentor.decode(self._z, s, out_size=self.image_size)  # (B, K, H, W)
+        if not bool(torch.isfinite(logits.detach()).all()):  # a finite but huge action overflows the decoder
+            raise ValueError(
+                f"the action (finite, max |a| = {float(a.abs().max()):.3g}) gave non-finite logits: the decoder "
+                "overflowed, so there is no reward to return; bound the actions (e.g. action_bound=...)"
+            )
         terms = self.reward_fn(logits, self._masks)  # float32, no grad  # Eq. 15
         out = {"reward": terms["total"]}
         out.update({k: terms[k] for k in REWARD_TERMS})

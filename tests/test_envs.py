@@ -411,6 +411,14 @@ def test_inf_action_raises_value_error(make_vec):
         env.step(action)
 
 
+def test_a_finite_action_that_overflows_the_decoder_is_refused_not_scored_nan(make_vec):
+    env = make_vec(num_envs=2, action_mode="channel")
+    env.reset(seed=0)
+    action = np.full((2, 512), np.finfo(np.float32).max, np.float32)
+    with pytest.raises(ValueError, match="non-finite logits.*action_bound"):
+        env.step(action)
+
+
 def test_step_before_reset_raises_reset_needed(make_vec):
     env = make_vec(num_envs=2, action_mode="channel")
     with pytest.raises(gym.error.ResetNeeded, match="before reset"):
