@@ -14,12 +14,13 @@ import logging
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from agents.atomic import atomic_write
 
 _CKPT_RE = re.compile(r"^ckpt_(\d{7,})\.pt$")
 _TMP_RE = re.compile(r"^\.ckpt_\d{7,}\.pt\..*\.tmp$")
@@ -54,28 +55,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], keep: int | 
 
     ``keep=None`` keeps everything.  Returns the final path.
     """
-    path = Path(path)
+    path = atomic_write(path, lambda fh: torch.save(state, fh))
     folder = path.parent.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
     if keep is not None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1 or None, got {keep}")

@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from agents.atomic import atomic_write
 
 SCHEDULES: tuple[str, ...] = ("joint", "sft_then_rl", "rl_only")  # Table 1
 ACTION_MODES: tuple[str, ...] = ("dense", "channel")
@@ -316,22 +317,13 @@ def from_dict(values: Mapping[str, Any]) -> TrainConfig:
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
-    """Write the full config as indented JSON, atomically (tmp file in the same folder, then os.replace)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(to_dict(cfg), fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write the full config as indented JSON, atomically (:func:`agents.atomic.atomic_write`)."""
+
+    def write(fh: Any) -> None:
+        json.dump(to_dict(cfg), fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+    atomic_write(path, write, binary=False)
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:

@@ -416,3 +416,20 @@ def test_check_data_reads_every_sample_up_front_and_names_a_bad_file_outside_the
     lines = _error_lines(capsys)
     assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
     assert not out.exists()
+
+
+def test_checkpoint_and_config_get_the_mode_of_the_process_umask_not_0600(tmp_path):
+    import os
+    import stat
+
+    from agents.config import save_config
+
+    old = os.umask(0o022)
+    try:
+        ckpt = save_checkpoint(tmp_path / checkpoint_name(1), {"x": torch.zeros(2)}, keep=None)
+        save_config(make_config("digits"), tmp_path / "config.json")
+    finally:
+        os.umask(old)
+    for path in (ckpt, tmp_path / "config.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
