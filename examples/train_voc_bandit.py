@@ -533,7 +533,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, info: DistIn
         bar.close()
     train_time = time.time() - t_start
 
-    final = last_eval if last_eval is not None else run_eval(trainer.iteration)
+    if last_eval is not None:
+        final = last_eval
+    elif start >= cfg.max_iters:  # resumed a finished run: its last evaluation is already in eval.csv; do not log twice
+        final = trainer.evaluate(val_loader, deterministic=True)
+    else:
+        final = run_eval(trainer.iteration)
     sampled = trainer.evaluate(val_loader, deterministic=False) if cfg.eval_stochastic else None
     digest = assert_ranks_in_sync([trainer.segmentor, trainer.policy, trainer.objective], info) if info.enabled else None
     wall = time.time() - t_start

@@ -211,3 +211,11 @@ def test_an_invalid_value_is_one_argparse_line_and_exit_2_before_any_work(flags,
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "must be >= " in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_resuming_a_finished_run_reports_it_without_a_second_eval_row(tmp_path):
+    out = tmp_path / "done"
+    first = job.main([*TINY, "--out", str(out)])
+    again = job.main(["--resume", "--out", str(out)])
+    assert [r["iteration"] for r in rows(out / "eval.csv")] == ["2"]
+    assert again["iterations"] == 2 and again["miou"] == pytest.approx(first["miou"])
