@@ -709,6 +709,10 @@ class CoTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+                # the schedule is this config's (e.g. a max_iters extended on resume), not the lr the optimiser saved
+                for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+                    group["lr"] = base * fn(self.scheduler.last_epoch)
         self.iteration = int(state["iteration"])
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         self.skipped_iterations = [int(i) for i in state.get("skipped_iterations", [])]

@@ -219,3 +219,14 @@ def test_resuming_a_finished_run_reports_it_without_a_second_eval_row(tmp_path):
     again = job.main(["--resume", "--out", str(out)])
     assert [r["iteration"] for r in rows(out / "eval.csv")] == ["2"]
     assert again["iterations"] == 2 and again["miou"] == pytest.approx(first["miou"])
+
+
+def test_resume_with_a_larger_max_iters_continues_the_schedule_over_the_new_length(tmp_path):
+    out = tmp_path / "longer"
+    base = [*TINY, "--warmup-iters", "0", "--poly-power", "1.0"]
+    job.main([*base, "--max-iters", "4", "--eval-every", "4", "--out", str(out)])
+    job.main(["--resume", "--max-iters", "6", "--out", str(out)])
+    lrs = {int(r["iteration"]): float(r["lr"]) for r in rows(out / "metrics.csv")}
+    lr0 = lrs[1]
+    assert lrs[5] == pytest.approx(lr0 * (1 - 4 / 6)) and lrs[6] == pytest.approx(lr0 * (1 - 5 / 6))
+    assert json.loads((out / "config.json").read_text())["max_iters"] == 6
