@@ -307,6 +307,33 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+# Fields a flag may change when resuming a run (``--resume``): how long it runs, how often it reports and saves,
+# where it runs.  Every other field is the saved run's; a flag that would change one is refused (resume_config).
+RESUME_MUTABLE: frozenset[str] = frozenset({
+    "max_iters", "eval_every", "save_every", "log_every", "keep_checkpoints", "num_overlays", "eval_batch_size",
+    "eval_stochastic", "num_workers", "device", "max_nonfinite", "resume", "out",
+})  # fmt: skip
+
+
+def resume_config(saved: Mapping[str, Any], explicit: Mapping[str, Any]) -> TrainConfig:
+    """The saved run's config with the explicitly given ``explicit`` fields on top, for ``--resume``.
+
+    Raises ValueError naming the first field outside :data:`RESUME_MUTABLE` whose given value differs from the
+    saved one (a different dataset, model, learning rate, ... would silently not be what was asked for, or fail
+    deep inside ``load_state_dict``).
+    """
+    base = from_dict(saved)
+    given = {k: (None if v is EXPLICIT_NONE else v) for k, v in explicit.items()}
+    for name in sorted(set(given) - RESUME_MUTABLE):
+        wanted = getattr(from_dict({**saved, name: given[name]}), name)
+        if wanted != getattr(base, name):
+            raise ValueError(
+                f"--resume: {name} = {getattr(base, name)!r} in the saved run, {wanted!r} asked; only "
+                f"{', '.join(sorted(RESUME_MUTABLE - {'resume', 'out'}))} may change on resume"
+            )
+    return from_dict({**saved, **given})
+
+
 def from_dict(values: Mapping[str, Any]) -> TrainConfig:
     """Inverse of :func:`to_dict` (unknown keys -> ValueError)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -342,6 +369,8 @@ __all__ = [
     "SCHEDULES",
     "TrainConfig",
     "config_from_args",
+    "resume_config",
+    "RESUME_MUTABLE",
     "from_dict",
     "load_config",
     "make_config",

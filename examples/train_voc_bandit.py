@@ -61,6 +61,7 @@ from agents.config import (
     TrainConfig,
     config_from_args,
     from_dict,
+    resume_config,
     save_config,
 )
 from agents.objective import ALGOS
@@ -422,7 +423,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, info: DistIn
         explicit = {k: v for k, v in vars(args).items() if v is not None and k in cfg.to_dict()}
         if "reward_weights" in explicit:
             explicit["reward_weights"] = cfg.reward_weights
-        cfg = from_dict({**state["config"], **explicit, "resume": True, "out": str(out)})
+        if args.data_root is not None:  # --data-root switches the dataset (config_from_args): compare that too
+            explicit["dataset"] = cfg.dataset
+        try:
+            cfg = resume_config(state["config"], {**explicit, "resume": True, "out": str(out)})
+        except ValueError as err:
+            parser.error(str(err))
     else:
         cfg = from_dict({**cfg.to_dict(), "out": str(out)})
     if cfg.batch_size % info.world_size:

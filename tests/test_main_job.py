@@ -230,3 +230,16 @@ def test_resume_with_a_larger_max_iters_continues_the_schedule_over_the_new_leng
     lr0 = lrs[1]
     assert lrs[5] == pytest.approx(lr0 * (1 - 4 / 6)) and lrs[6] == pytest.approx(lr0 * (1 - 5 / 6))
     assert json.loads((out / "config.json").read_text())["max_iters"] == 6
+
+
+@pytest.mark.parametrize("flags, field", [(["--lr", "0.01"], "lr"), (["--model", "fcn_resnet18"], "model"),
+                                          (["--data-root", "/nowhere"], "data_root")])  # fmt: skip
+def test_resume_refuses_a_flag_that_would_change_the_saved_run_in_one_line(flags, field, tmp_path, capsys):
+    out = tmp_path / "run"
+    job.main([*TINY, "--out", str(out)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        job.main(["--resume", *flags, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"--resume: {field} = " in err and "may change on resume" in err
+    assert [r["iteration"] for r in rows(out / "metrics.csv")] == ["1", "2"]  # nothing trained or rewritten
