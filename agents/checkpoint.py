@@ -62,13 +62,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], keep: int | 
             raise ValueError(f"keep must be >= 1 or None, got {keep}")
         # only checkpoints older than the one just written count: a newer file (stale or truncated, from another
         # run) is never a reason to delete the checkpoint this run just wrote, and is left alone
-        written = path.resolve()
+        ckpts = [p for p in list_checkpoints(folder) if p.resolve() != path.resolve()]  # oldest iteration first
         m = _CKPT_RE.match(path.name)
-        limit = int(m.group(1)) if m else None
-        older = [
-            p for p in list_checkpoints(folder)
-            if p.resolve() != written and (limit is None or int(_CKPT_RE.match(p.name).group(1)) < limit)
-        ]
+        older = [p for p in ckpts if m is None or int(_CKPT_RE.match(p.name).group(1)) < int(m.group(1))]
         for old in older[: max(len(older) - (keep - 1), 0)]:
             old.unlink(missing_ok=True)
     return path

@@ -252,23 +252,23 @@ class DigitScenes(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
-    def scene(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Raw scene ``index`` as numpy: image uint8 (size, size, 3), mask int64 (size, size)."""
+    def _checked_index(self, index: int) -> int:
+        """``index`` in ``[0, len)`` (negative counts from the end); IndexError when out of range."""
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} samples")
-        index %= n
-        rng = np.random.default_rng([self.seed, self.split_code, index])
+        return index % n
+
+    def scene(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw scene ``index`` as numpy: image uint8 (size, size, 3), mask int64 (size, size)."""
+        rng = np.random.default_rng([self.seed, self.split_code, self._checked_index(index)])
         return render_scene(
             rng, self._glyphs, self._labels, self.size, self.min_digits, self.max_digits, self.scale_range, self.clutter
         )
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         if self.cache:
-            n = len(self)
-            if not -n <= index < n:
-                raise IndexError(f"index {index} out of range for {n} samples")
-            image_u8, mask_u8 = self._cached_scene(index % n)
+            image_u8, mask_u8 = self._cached_scene(self._checked_index(index))
             img_t = tv_tensors.Image(image_u8.clone())  # (3, size, size) uint8
             mask_t = tv_tensors.Mask(mask_u8.to(torch.int64))  # (size, size) int64
         else:
