@@ -1,20 +1,23 @@
-"""TorchRL agents for segbandit: actor, EMA-baseline advantage, EMA reference, latent PPO and the loss registry.
+"""TorchRL agents for segbandit: actor, EMA-baseline advantage, EMA reference, latent PPO, the loss registry, the
+co-training loss (Eq. 6) and the trainer.
 
-``PolicyObjective`` is what a trainer calls once per batch; ``make_loss`` / ``LOSSES`` swap the algorithm.
+``CoTrainingLoss`` is Eq. 6 over one bandit step; ``PolicyObjective`` its policy half; ``make_loss`` / ``LOSSES``
+swap the algorithm (any name registered in ``LOSSES`` reaches ``--algo``).
 """
 from agents.actor import ACTION_MODES, LOG_PROB_KEY, ValueHead, make_actor, make_value_head
 from agents.advantage import CriticAdvantage, EMABaselineAdvantage
 from agents.distributions import LatentGaussian
 from agents.losses import CRITIC_ALGOS, LOSSES, LatentPPOLoss, make_loss, ratio_diagnostics
-from agents.objective import ALGOS, PolicyObjective
+from agents.cotraining import CoTrainingLoss
+from agents.objective import PolicyObjective
 from agents.reference import EMAReferencePolicy
 from agents.trainer import CoTrainer, NonFiniteError
 
 __all__ = [
     "ACTION_MODES",
-    "ALGOS",
     "CRITIC_ALGOS",
     "CoTrainer",
+    "CoTrainingLoss",
     "CriticAdvantage",
     "EMABaselineAdvantage",
     "EMAReferencePolicy",

@@ -8,15 +8,17 @@ through an MLP to ``"state_value"`` (B, 1).
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn as nn
 from tensordict.nn import InteractionType, TensorDictModule
 from torchrl.modules import ProbabilisticActor, ValueOperator
 
 from agents.distributions import LatentGaussian
-from segbandit.policy import REDUCTIONS, LatentPolicy
+from segbandit.policy import ACTION_MODES, REDUCTIONS, LatentPolicy
 
-ACTION_MODES: tuple[str, ...] = ("dense", "channel")
 # The actor's log-probability key, passed explicitly so it does not depend on tensordict's
 # ``composite_lp_aggregate`` mode (TorchRL 0.14 would otherwise pick "sample_log_prob" or "action_log_prob").
 LOG_PROB_KEY = "action_log_prob"
@@ -28,13 +30,33 @@ def check_action_mode(action_mode: str) -> None:
 
 
 class LatentGaussianParams(nn.Module):
-    """z (B, d, h, w) -> (loc, scale), each (B, d) float32: the policy's mu and exp(log sigma) (Eq. 10)."""
+    """z (B, d, h, w) -> (loc, scale), each (B, d) float32: the policy's mu and exp(log sigma) (Eq. 10).
+
+    Inside :meth:`reuse` it returns the given parameters instead of running the policy again: a co-training step
+    computes them once (the sample that fed the decoder came from them) and the TorchRL loss reads the same tensors,
+    graph included, so the policy runs once per step and its batch-norm statistics move once.
+    """
 
     def __init__(self, policy: LatentPolicy) -> None:
         super().__init__()
         self.policy = policy
+        self._given: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @contextlib.contextmanager
+    def reuse(self, loc: torch.Tensor, scale: torch.Tensor) -> Iterator[None]:
+        """Within the block, ``forward`` returns ``(loc, scale)`` (B, d) for a batch of B latents."""
+        self._given = (loc, scale)
+        try:
+            yield
+        finally:
+            self._given = None
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._given is not None:
+            loc, scale = self._given
+            if loc.shape[0] != z.shape[0]:
+                raise ValueError(f"reused policy parameters are for {loc.shape[0]} latents, got {z.shape[0]}")
+            return loc, scale
         mu, log_std = self.policy(z)  # (B, d), (B, d)
         return mu.float(), log_std.float().exp()
 

@@ -50,12 +50,23 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a nested state (what a checkpoint of it needs on disk, give or take metadata)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], keep: int | None = 3) -> Path:
     """Write ``state`` to ``path`` atomically; then delete all but the newest ``keep`` ``ckpt_*.pt`` beside it.
 
     ``keep=None`` keeps everything.  Returns the final path.
     """
-    path = atomic_write(path, lambda fh: torch.save(state, fh))
+    path = atomic_write(path, lambda fh: torch.save(state, fh), size_hint=_tensor_bytes(state))
     folder = path.parent.resolve()
     if keep is not None:
         if keep < 1:

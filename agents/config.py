@@ -12,62 +12,171 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from agents.atomic import atomic_write
+from segbandit.policy import ACTION_MODES
 
 SCHEDULES: tuple[str, ...] = ("joint", "sft_then_rl", "rl_only")  # Table 1
-ACTION_MODES: tuple[str, ...] = ("dense", "channel")
 DATASET_NAMES: tuple[str, ...] = ("digits", "voc")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 LOGPROB_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
 
+# The argument groups of the main job's --help, in display order (agents.cli builds one group per name).
+GROUPS: tuple[str, ...] = ("run", "data", "model", "RL objective", "optimisation")
+
+# A field's valid names: a fixed tuple, or a zero-argument callable that reads a registry when the parser is built
+# (so a name registered after import is accepted, and building TrainConfig never imports torch or torchrl).
+Choices = tuple[str, ...] | Callable[[], Iterable[str]]
+
+
+def _knob(
+    default: Any,
+    help: str,
+    *,
+    group: str,
+    choices: Choices | None = None,
+    none_words: tuple[str, ...] = (),
+    aliases: tuple[str, ...] = (),
+) -> Any:
+    """A TrainConfig field with its flag's description in ``metadata`` (read by :mod:`agents.cli`).
+
+    Args:
+        default: the field's default value.
+        help: one line for ``--help``.
+        group: one of :data:`GROUPS`.
+        choices: the valid values (see :data:`Choices`); None = any value of the field's type.
+        none_words: words a flag turns into :data:`EXPLICIT_NONE` (an Optional field set to None).
+        aliases: further flag names (``"--eval-samples"``).
+    """
+    if group not in GROUPS:
+        raise ValueError(f"unknown group {group!r}; valid names: {', '.join(GROUPS)}")
+    if not help or "\n" in help:
+        raise ValueError(f"help must be one non-empty line, got {help!r}")
+    metadata = {"help": help, "group": group, "choices": choices, "none_words": none_words, "aliases": aliases}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def _segmentor_names() -> list[str]:
+    from segbandit.models import SEGMENTORS
+
+    return sorted(SEGMENTORS)
+
+
+def _modulation_names() -> list[str]:
+    from segbandit.modulation import MODULATION_NAMES
+
+    return list(MODULATION_NAMES)
+
+
+def _loss_names() -> list[str]:
+    from agents.losses import LOSSES  # imports torchrl: only when a parser is built
+
+    return list(LOSSES)
+
+
+def _baseline_names() -> list[str]:
+    from segbandit.baselines import BASELINES
+
+    return sorted(BASELINES)
+
 
 @dataclass
 class TrainConfig:
-    """Every knob of a co-training run.  Defaults: the paper's FCN-R50 / PASCAL VOC-aug setting."""
+    """Every knob of a co-training run.  Defaults: the paper's FCN-R50 / PASCAL VOC-aug setting.
 
-    preset: str = "voc-fcn-r50"
+    Each field's ``metadata`` describes its flag of the main job (:func:`agents.cli.build_parser`): ``help``,
+    ``group`` (one of :data:`GROUPS`), ``choices``, ``none_words`` and ``aliases`` (see :func:`_knob`).
+    """
+
+    # -- run
+    preset: str = _knob("voc-fcn-r50", "defaults for every knob (digits without --data-root, voc-fcn-r50 with it)",
+                        group="run", choices=_preset_names)
+    seed: int = _knob(0, "random seed (initialisation, data order, sampled actions)", group="run")
+    device: str = _knob("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...", group="run")
+    amp: bool = _knob(True, "bf16 autocast on CUDA (never on CPU)", group="run")
+    max_iters: int = _knob(40000, "training iterations (optimizer steps)", group="run")
+    eval_every: int = _knob(4000, "evaluate on the val split every N iterations", group="run")
+    save_every: int = _knob(4000, "write a checkpoint every N iterations", group="run")
+    log_every: int = _knob(50, "log the training metrics every N iterations", group="run")
+    keep_checkpoints: int = _knob(3, "keep the newest N ckpt_*.pt", group="run")
+    num_overlays: int = _knob(8, "images in the overlay grid (overlays.png)", group="run")
+    eval_stochastic: bool = _knob(True, "the final evaluation also reports the sampled-action mIoU", group="run")
+    sync_bn: bool = _knob(False, "under torchrun: batch-norm statistics over the global batch (SyncBatchNorm on "
+                                 "CUDA, GlobalBatchNorm2d on CPU)", group="run")
+    check_data: bool = _knob(False, "read every train and val sample before training (bad files stop the run up "
+                                    "front)", group="run")
+    out: str | None = _knob(None, "output folder (default runs/<preset>-<timestamp>)", group="run")
+    resume: bool = _knob(False, "continue from the newest checkpoint in --out (default: the newest runs/<preset>-* "
+                                "run)", group="run")
 
     # -- data
-    dataset: str = "voc"  # "digits" (embedded, no download) or "voc" (needs data_root)
-    data_root: str | None = None  # folder containing VOCdevkit (or VOCdevkit, or VOC2012 itself)
-    train_split: str = "trainaug"
-    val_split: str = "val"
-    crop_size: int = 512  # train crop; digits: the scene size
-    train_size: int | None = None  # digits: number of distinct training scenes (None = the dataset's default)
-    val_size: int | None = None  # evaluate on the first val_size val images (None = the whole split)
-    num_workers: int = 4
-    augment: bool = True  # train-time augmentation (the dataset preset's train transforms); False: eval transforms
+    dataset: str = _knob("voc", "digits (embedded, no download) or voc (needs --data-root)", group="data",
+                         choices=DATASET_NAMES)
+    data_root: str | None = _knob(None, "folder containing VOCdevkit (or VOCdevkit, or VOC2012 itself); switches "
+                                        "the dataset to VOC", group="data")
+    train_split: str = _knob("trainaug", "training split; VOC: trainaug (default), train, trainval", group="data")
+    val_split: str = _knob("val", "evaluation split (VOC: val)", group="data")
+    crop_size: int = _knob(512, "train crop; digits: the scene size", group="data")
+    batch_size: int = _knob(16, "global batch; under torchrun each of N processes reads batch-size / N images",
+                            group="data")
+    eval_batch_size: int | None = _knob(None, "evaluation batch; 'none' = --batch-size", group="data",
+                                        none_words=("none",))
+    train_size: int | None = _knob(None, "digits: number of distinct training scenes; 'none' = the dataset's "
+                                         "default", group="data", none_words=("none",))
+    val_size: int | None = _knob(None, "evaluate on the first N val images; 'none' = the whole split", group="data",
+                                 none_words=("none",), aliases=("--eval-samples",))
+    num_workers: int = _knob(4, "DataLoader worker processes (0 = load in the main process)", group="data")
+    augment: bool = _knob(True, "train-time augmentation (the dataset preset's train transforms); --no-augment: "
+                                "the eval transforms", group="data")
 
     # -- model (segmentor + latent policy)
-    model: str = "fcn_resnet50"
-    pretrained_backbone: bool = True  # ImageNet backbone (Table 1: "Pre-training on ImageNet")
-    modulation: str = "attention"  # Eq. 13-14
-    attn_dim: int | None = None  # None = d, the paper
-    num_heads: int = 8
-    aux_weight: float = 0.4  # CE weight of the aux head (mmsegmentation / SSSegmentation)
-    class_weights: tuple[float, ...] | None = None  # per-class CE weights (mmsegmentation's class_weight); None: plain CE
-    policy_hidden: int = 256  # width of the policy's conv projection (Eq. 7-8)
-    policy_blocks: int = 4  # L in Eq. 7
-    policy_pool: int = 4  # (P_h, P_w) of Eq. 9
-    logstd_bound: float | None = 4.0  # log sigma = 4 tanh(.) (Eq. 10, Table 8)
-    action_mode: str = "dense"  # s (B, d, h, w) (Eq. 11) or per channel (B, d)
+    model: str = _knob("fcn_resnet50", "segmentor (segbandit.models.SEGMENTORS)", group="model",
+                       choices=_segmentor_names)
+    pretrained_backbone: bool = _knob(True, "ImageNet backbone (Table 1: \"Pre-training on ImageNet\")",
+                                      group="model")
+    modulation: str = _knob("attention", "how the action modulates the latent (Eq. 13-14, Table 7)", group="model",
+                            choices=_modulation_names)
+    attn_dim: int | None = _knob(None, "inner width of the attention modulation; 'd' = the latent width, the paper",
+                                 group="model", none_words=("d", "none"))
+    num_heads: int = _knob(8, "heads of the attention modulation", group="model")
+    aux_weight: float = _knob(0.4, "CE weight of the aux head (mmsegmentation / SSSegmentation)", group="model")
+    class_weights: tuple[float, ...] | None = _knob(
+        None, "per-class CE weights, K comma-separated floats (mmsegmentation's class_weight); 'none' = plain CE",
+        group="model", none_words=("none",))
+    policy_hidden: int = _knob(256, "width of the policy's conv projection (Eq. 7-8)", group="model")
+    policy_blocks: int = _knob(4, "policy conv blocks, L in Eq. 7", group="model")
+    policy_pool: int = _knob(4, "pooled size P_h = P_w of the policy head (Eq. 9)", group="model")
+    logstd_bound: float | None = _knob(4.0, "log sigma = bound * tanh(.) (Eq. 10, Table 8); 'none' = unbounded",
+                                       group="model", none_words=("none",))
+    action_mode: str = _knob("dense", "dense: s of shape (B, d, h, w) (Eq. 11); channel: one action per channel "
+                                      "(B, d)", group="model", choices=ACTION_MODES)
 
     # -- RL objective (Eq. 3-6, 15-19)
-    algo: str = "latent_ppo"
-    lambda_policy: float = 1.0  # Eq. 6, Table 6 best
-    lambda_kl: float = 1.0  # Eq. 5-6, Table 6 best
-    clip_eps: float = 0.2  # Eq. 4; PPO's usual value (the paper does not state it)
-    tau: float = 0.9  # Eq. 16 baseline momentum (not stated in the paper)
-    eta: float = 0.99  # Eq. 19 reference momentum (not stated in the paper)
-    a_min: float = -1.0  # Eq. 18 (not stated; rewards lie in [0, 4], so |A| <= 1 keeps a single image from dominating)
-    a_max: float = 1.0
-    baseline: str = "ema"  # Eq. 16, Table 5b
-    reward_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # Eq. 15: iou, dice, ce, boundary
-    boundary_tolerance: int = 2
+    algo: str = _knob("latent_ppo", "policy loss (agents.losses.LOSSES)", group="RL objective", choices=_loss_names)
+    schedule: str = _knob("joint", "Table 1: joint (Eq. 6), sft_then_rl or rl_only", group="RL objective",
+                          choices=SCHEDULES)
+    lambda_policy: float = _knob(1.0, "weight of the policy loss (Eq. 6; Table 6 best: 1)", group="RL objective")
+    lambda_kl: float = _knob(1.0, "weight of the KL to the EMA reference (Eq. 5-6; Table 6 best: 1)",
+                             group="RL objective")
+    clip_eps: float = _knob(0.2, "PPO clip epsilon (Eq. 4; PPO's usual value, the paper does not state it)",
+                            group="RL objective")
+    tau: float = _knob(0.9, "EMA baseline momentum (Eq. 16; not stated in the paper)", group="RL objective")
+    eta: float = _knob(0.99, "EMA reference momentum (Eq. 19; not stated in the paper)", group="RL objective")
+    # a_min / a_max are not stated in the paper; rewards lie in [0, 4], so |A| <= 1 keeps a single image from dominating
+    a_min: float = _knob(-1.0, "lower bound of the advantage clamp (Eq. 18)", group="RL objective")
+    a_max: float = _knob(1.0, "upper bound of the advantage clamp (Eq. 18)", group="RL objective")
+    baseline: str = _knob("ema", "reward baseline (Eq. 16, Table 5b)", group="RL objective", choices=_baseline_names)
+    reward_weights: tuple[float, float, float, float] = _knob(
+        (1.0, 1.0, 1.0, 1.0), "lambda for iou,dice,ce,boundary, e.g. 1,1,1,1 (Eq. 15)", group="RL objective")
+    boundary_tolerance: int = _knob(2, "pixel tolerance (Chebyshev distance) of the boundary reward (Eq. 15)",
+                                    group="RL objective")
     # Eq. 12 sums log pi over the h*w*d action elements; "mean" averages them.  Measured on the digits preset
     # (dense action, d*h*w = 512*8*8 = 32768 elements, 150 iterations, seed 0), iterations 101-150:
     #   "sum":  mean ratio 486, clip fraction 0.975, KL(pi_ref || pi) 3.65, max log-ratio 8.8, loss_policy ~11
@@ -76,36 +185,25 @@ class TrainConfig:
     #   "mean": mean ratio 1.00001, clip fraction 0.0, KL 6e-6, max log-ratio 5e-5 -> the trust region works.
     # Val mIoU was the same (0.102 vs 0.101, CE dominates the segmentor at that point).  With a policy that moves
     # faster (AdamW at lr 1e-3 on the policy) even "mean" overflowed, see DIGITS_PRESET.  Default: "mean".
-    logprob_reduction: str = "mean"
-    entropy_coef: float = 0.0
-    schedule: str = "joint"  # Table 1: joint (Eq. 6), sft_then_rl, rl_only
+    logprob_reduction: str = _knob("mean", "log pi over the action elements: sum (Eq. 12) or mean",
+                                   group="RL objective", choices=LOGPROB_REDUCTIONS)
+    entropy_coef: float = _knob(0.0, "weight of the entropy bonus (0 = off)", group="RL objective")
 
     # -- optimisation (SSSegmentation FCN recipe)
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    policy_lr: float | None = None  # None = lr
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9  # lr * (1 - t / max_iters) ** 0.9 (mmsegmentation's PolyLR)
-    warmup_iters: int = 0  # linear warm-up from lr / (warmup_iters + 1) to lr over the first warmup_iters steps
-    max_iters: int = 40000
-    batch_size: int = 16
-    eval_batch_size: int | None = None  # None = batch_size
-    grad_clip: float | None = None  # max global grad norm; None = off
-    max_nonfinite: int = 20  # consecutive skipped (non-finite) steps before giving up
-
-    # -- run
-    seed: int = 0
-    device: str = "auto"  # "auto" = cuda if available, else cpu
-    amp: bool = True  # bf16 autocast on CUDA (never on CPU)
-    eval_every: int = 4000
-    save_every: int = 4000
-    log_every: int = 50
-    keep_checkpoints: int = 3
-    num_overlays: int = 8  # images in the overlay grid
-    eval_stochastic: bool = True  # the final evaluation also reports the sampled-action mIoU
-    out: str | None = None  # None = runs/<preset>-<timestamp>
-    resume: bool = False
+    optimizer: str = _knob("sgd", "sgd (the paper's FCN recipe) or adamw", group="optimisation", choices=OPTIMIZERS)
+    lr: float = _knob(0.01, "learning rate", group="optimisation")
+    policy_lr: float | None = _knob(None, "learning rate of the policy; 'none' = --lr", group="optimisation",
+                                    none_words=("none",))
+    momentum: float = _knob(0.9, "SGD momentum", group="optimisation")
+    weight_decay: float = _knob(5e-4, "weight decay", group="optimisation")
+    poly_power: float = _knob(0.9, "lr * (1 - t / max_iters) ** power (mmsegmentation's PolyLR)",
+                              group="optimisation")
+    warmup_iters: int = _knob(0, "linear warm-up from lr / (N + 1) to lr over the first N steps",
+                              group="optimisation")
+    grad_clip: float | None = _knob(None, "max global gradient norm; 'none' = off", group="optimisation",
+                                    none_words=("none",))
+    max_nonfinite: int = _knob(20, "consecutive skipped (non-finite) steps before giving up (exit code 3)",
+                               group="optimisation")
 
     def __post_init__(self) -> None:
         self.reward_weights = tuple(float(w) for w in self.reward_weights)  # type: ignore[assignment]
@@ -311,7 +409,7 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 # where it runs.  Every other field is the saved run's; a flag that would change one is refused (resume_config).
 RESUME_MUTABLE: frozenset[str] = frozenset({
     "max_iters", "eval_every", "save_every", "log_every", "keep_checkpoints", "num_overlays", "eval_batch_size",
-    "eval_stochastic", "num_workers", "device", "max_nonfinite", "resume", "out",
+    "eval_stochastic", "num_workers", "device", "max_nonfinite", "check_data", "resume", "out",
 })  # fmt: skip
 
 
@@ -363,6 +461,7 @@ __all__ = [
     "ACTION_MODES",
     "DATASET_NAMES",
     "EXPLICIT_NONE",
+    "GROUPS",
     "LOGPROB_REDUCTIONS",
     "OPTIMIZERS",
     "PRESETS",

@@ -18,6 +18,8 @@ to whoever passed the policy in); the baseline, the EMA reference, the critic an
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 from tensordict import TensorDict
@@ -30,9 +32,9 @@ from agents.distributions import LatentGaussian
 from agents.losses import CRITIC_ALGOS, LOSSES, make_loss, ratio_diagnostics
 from agents.reference import EMAReferencePolicy
 from segbandit.baselines import BASELINES, make_baseline
+from segbandit.distributed import SINGLE, DistInfo
 from segbandit.policy import REDUCTIONS, LatentPolicy
 
-ALGOS: tuple[str, ...] = tuple(LOSSES)
 _ACTOR_PREFIX = "loss.actor_network."  # where the caller's policy sits inside this module
 
 
@@ -55,6 +57,7 @@ class PolicyObjective(nn.Module):
         clip_epsilon: PPO clip (Eq. 4).
         lambda_kl: KL weight (Eq. 5-6); ``klpen_ppo``'s fixed beta.
         entropy_coef: entropy bonus weight (0 = off).
+        dist_info: the job's processes; the baseline's batch mean is then the global batch's (Eq. 16).
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class PolicyObjective(nn.Module):
         clip_epsilon: float = 0.2,
         lambda_kl: float = 1.0,
         entropy_coef: float = 0.0,
+        dist_info: DistInfo = SINGLE,
     ) -> None:
         super().__init__()
         _check_algo(algo)
@@ -92,7 +96,7 @@ class PolicyObjective(nn.Module):
             algo, actor, clip_epsilon=clip_epsilon, lambda_kl=lambda_kl, critic=critic,
             entropy_coef=entropy_coef, reduction=reduction,
         )
-        self.advantage = None if critic is not None else EMABaselineAdvantage(make_baseline(baseline, tau), a_min, a_max)
+        self.advantage = None if critic is not None else EMABaselineAdvantage(make_baseline(baseline, tau, dist_info), a_min, a_max)
         # borrows the loss's critic (registered there): kept out of the module tree to avoid a second copy
         object.__setattr__(self, "_critic_advantage", None if critic is None else CriticAdvantage(critic, a_min, a_max))
         self.reference = (
@@ -101,9 +105,8 @@ class PolicyObjective(nn.Module):
 
         # Probe the current policy's (loc, scale) as the loss computes them, for the diagnostics.
         self._current: tuple[torch.Tensor, torch.Tensor] | None = None
-        for module in actor.modules():
-            if isinstance(module, LatentGaussianParams):
-                module.register_forward_hook(self._capture_params)
+        self._params_module = next(m for m in actor.modules() if isinstance(m, LatentGaussianParams))
+        self._params_module.register_forward_hook(self._capture_params)
         self.register_state_dict_post_hook(_drop_policy_state)
         self.register_load_state_dict_pre_hook(_fill_policy_state)
 
@@ -189,8 +192,14 @@ class PolicyObjective(nn.Module):
         reward: torch.Tensor,
         behaviour_loc: torch.Tensor,
         behaviour_scale: torch.Tensor,
+        *,
+        current: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """One batch: z (B, d, h, w), action (B, d, h, w) or (B, d), reward (B,), behaviour_loc/scale (B, d).
+
+        ``current``: the policy's (loc, scale) (B, d) on these latents *with their graph*, when the caller already
+        ran the policy in this step (the co-trainer does, to sample the action): the loss then reads them instead of
+        running the policy a second time.  Without it the loss runs the policy itself.
 
         Returns ``loss_policy``, ``loss_kl`` (times lambda_kl), ``loss_critic``, ``loss_entropy`` (0-d, with
         graph; zeros where the algorithm has no such term) and detached 0-d float32 diagnostics ``ratio``,
@@ -200,7 +209,9 @@ class PolicyObjective(nn.Module):
         """
         td = self.build_tensordict(z, action, reward, behaviour_loc, behaviour_scale)
         self._current = None
-        out = self.loss(td)
+        reuse = self._params_module.reuse(*current) if current is not None else contextlib.nullcontext()
+        with reuse:
+            out = self.loss(td)
         zero = torch.zeros((), device=td["observation"].device)
         result: dict[str, torch.Tensor] = {
             "loss_policy": out["loss_actor"] if self.algo == "reinforce" else out["loss_objective"],
@@ -256,4 +267,4 @@ def _fill_policy_state(module: nn.Module, state_dict: dict, prefix: str, *args) 
         state_dict.setdefault(prefix + _ACTOR_PREFIX + name, tensor)
 
 
-__all__ = ["ALGOS", "PolicyObjective"]
+__all__ = ["PolicyObjective"]

@@ -7,6 +7,7 @@ backend (no display needed).  TensorBoard is used only when ``torch.utils.tensor
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -16,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from agents.atomic import atomic_write
+from segbandit.constants import IMAGENET_MEAN, IMAGENET_STD
+
 VOID_COLOUR: tuple[int, int, int] = (255, 255, 255)
 
 
@@ -58,6 +60,30 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, float | str]]:
     with open(path, newline="") as fh:
         return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
+
+
+def truncate_csv(path: str | os.PathLike, last_iteration: int) -> None:
+    """Keep the rows of ``path`` up to ``last_iteration`` (a resumed run re-logs the later ones) and drop a line a
+    crash cut short; rewritten atomically (:func:`agents.atomic.atomic_write`)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # the last line was cut mid-write
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    col = header.index("iteration") if "iteration" in header else None
+    keep = [r for r in body if len(r) == len(header) and (col is None or float(r[col]) <= last_iteration)]
+
+    def write(fh: Any) -> None:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(keep)
+
+    atomic_write(path, write, binary=False)
 
 def _fmt(v: Any) -> Any:
     if isinstance(v, float):
@@ -260,6 +286,7 @@ def format_final_table(
 
 
 __all__ = [
+    "truncate_csv",
     "CSVLogger",
     "colorize",
     "denormalize",

@@ -2,18 +2,18 @@
 
 ``L = L_CE + aux_weight * L_CE(aux) + lambda_P * L_Policy + lambda_KL * KL(pi_ref || pi_phi)``  (Eq. 2, 4-6)
 
-Per batch (``CoTrainer.train_step``):
+Per batch (``CoTrainer.train_step``), one forward and one backward:
 
-1. ``feats = segmentor.features(x)``; ``z = feats["out"]`` (B, d, h, w).
-2. ``mu, log_std = policy(z.detach())`` (Eq. 7-10): the policy reads *detached* latents, so the policy and KL
-   losses never reach the encoder.  The policy runs in float32 (also under autocast) so that the behaviour
-   parameters and the objective's own recomputation agree exactly.
-3. ``s = mu + sigma * eps`` (Eq. 11, reparameterised, noise from the trainer's seeded ``torch.Generator``): the CE
-   loss reaches the policy through ``s``.
-4. ``logits = segmentor.decode(z, s)``, aux logits from the aux head; CE with ignore_index 255.
-5. ``r = reward_fn(logits.detach(), y)`` (Eq. 15, float32), then ``PolicyObjective`` (Eq. 3-5, 16-18) on the
-   detached ``z``, ``s`` and behaviour parameters.
-6. One backward; a guarded step (a non-finite loss or gradient norm is not applied, the iteration is reported and
+1. :meth:`CoTrainer.rollout` runs one round of the bandit: the environment's transition
+   (:class:`envs.transition.BanditTransition`, the same code ``SegBandit-v0`` steps) encodes ``z`` (B, d, h, w); the
+   policy reads the *detached* latents once (Eq. 7-10, float32, also under autocast), so the policy and KL losses
+   never reach the encoder; ``s = mu + sigma * eps`` (Eq. 11, reparameterised, noise from the trainer's seeded
+   ``torch.Generator``: the CE loss reaches the policy through ``s``); the transition decodes and scores the logits
+   (Eq. 15, float32).  It returns one tensordict: observation, action, loc, scale, logits, aux logits, mask, rewards.
+2. :class:`agents.cotraining.CoTrainingLoss` reads that tensordict: CE (+ aux CE) on the same logits, the policy
+   objective (Eq. 3-5, 16-18; the TorchRL loss reuses loc / scale instead of running the policy again), weighted
+   ``loss_*`` terms and their sum (Eq. 6).
+3. One backward; a guarded step (a non-finite loss or gradient norm is not applied, the iteration is reported and
    counted); ``optimizer.step()``, ``scheduler.step()``, ``objective.after_step()`` (EMA reference, Eq. 19).
 
 Schedules (paper Table 1):
@@ -43,34 +43,31 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
 from agents.checkpoint import capture_rng_state, restore_rng_state
 from agents.config import TrainConfig
-from agents.distributed import SINGLE, DistInfo, active, all_gather_objects, convert_sync_batchnorm
+from agents.cotraining import LOSS_KEYS, OBJECTIVE_DIAGNOSTICS, CoTrainingLoss
+from agents.distributed import convert_sync_batchnorm
+from envs.transition import BanditTransition
+from segbandit.constants import IGNORE_INDEX
+from segbandit.distributed import (
+    SINGLE,
+    DistInfo,
+    active,
+    all_gather_objects,
+    all_reduce_sum,
+    broadcast_buffers,
+)
 from segbandit.metrics import SegmentationMetric
-from segbandit.policy import LatentPolicy, broadcast_action, sample_action
+from segbandit.policy import LatentPolicy, sample_action
+from segbandit.rewards import REWARD_TERMS as _TERMS
 from segbandit.rewards import CompositeReward
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
-REWARD_TERMS: tuple[str, ...] = ("iou", "dice", "ce", "boundary", "total")
-OBJECTIVE_DIAGNOSTICS: tuple[str, ...] = (
-    "ratio",
-    "clip_fraction",
-    "kl",
-    "approx_kl",
-    "entropy",
-    "advantage",
-    "baseline",
-    "log_ratio_max",
-    "nonfinite_ratio",
-)
-LOSS_KEYS: tuple[str, ...] = ("loss", "loss_ce", "loss_aux", "loss_policy", "loss_kl", "loss_critic", "loss_entropy")
+REWARD_TERMS: tuple[str, ...] = (*_TERMS, "total")  # the reward_* statistics a step and an evaluation report
 CHECKPOINT_FORMAT = 2
 
 
@@ -275,36 +272,39 @@ class CoTrainer:
         self.scheduler = scheduler
         self.cfg = cfg
         self.num_classes = int(segmentor.num_classes)
-        self.reward_fn = reward_fn or CompositeReward(
+        self.dist = dist_info or SINGLE
+        self.sync_bn = bool(sync_bn)
+        reward_fn = reward_fn or CompositeReward(
             self.num_classes, tuple(cfg.reward_weights), IGNORE_INDEX, cfg.boundary_tolerance
         )
         self.device = torch.device(device) if device is not None else next(segmentor.parameters()).device
         # bf16 autocast on CUDA, built once and reused; a no-op context on CPU.  Rewards, metrics and KL cast inside.
-        if self.device.type == "cuda" and cfg.amp:
-            self._autocast: Any = torch.autocast("cuda", dtype=torch.bfloat16)
-        else:
-            self._autocast = contextlib.nullcontext()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and cfg.amp else None
+        self.transition = BanditTransition(segmentor, reward_fn, autocast)  # the env's encode / decode / reward
         self.generator = torch.Generator(device=self.device).manual_seed(int(cfg.seed) + 1)  # action noise (Eq. 11)
-        self._class_weight: torch.Tensor | None = None  # per-class CE weights (K,), mmsegmentation's class_weight
+        class_weight = None
         if cfg.class_weights is not None:
             if len(cfg.class_weights) != self.num_classes:
                 raise ValueError(
                     f"class_weights must have one value per class ({self.num_classes}), got {len(cfg.class_weights)}"
                 )
-            self._class_weight = torch.tensor(cfg.class_weights, dtype=torch.float32, device=self.device)
+            class_weight = torch.tensor(cfg.class_weights, dtype=torch.float32, device=self.device)
+        self.loss = CoTrainingLoss(
+            objective, self.num_classes, lambda_policy=cfg.lambda_policy, aux_weight=cfg.aux_weight,
+            class_weight=class_weight, dist_info=self.dist,
+        )  # Eq. 6  # fmt: skip
+        self._use_aux = cfg.aux_weight > 0 and getattr(segmentor, "aux_classifier", None) is not None
         self.iteration = 0  # completed (attempted) iterations
         self.nonfinite_streak = 0
         self.skipped_iterations: list[int] = []
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.dist = dist_info or SINGLE
-        self.sync_bn = bool(sync_bn)
         self._step_module: nn.Module = _StepModule(self)
         if self.dist.enabled:
-            if not active(self.dist):
+            if not active(self.dist):  # raises when no process group is up
                 raise RuntimeError(f"dist_info says world_size={self.dist.world_size} but no process group is initialised")
             if self.sync_bn:
                 for m in (self.segmentor, self.policy, self.objective):
-                    convert_sync_batchnorm(m, self.device.type)  # in place: parameters and buffers are kept
+                    convert_sync_batchnorm(m, self.device.type, self.dist)  # in place: parameters and buffers are kept
             ids = [self.device.index if self.device.index is not None else 0] if self.device.type == "cuda" else None
             self._step_module = DistributedDataParallel(
                 self._step_module, device_ids=ids, find_unused_parameters=True, broadcast_buffers=True
@@ -313,11 +313,24 @@ class CoTrainer:
         # a skipped step puts them back
         seen: set[int] = set()
         self._buffers: list[torch.Tensor] = []
-        for m in (self.segmentor, self.policy, self.objective):
+        for m in self._modules():
             for b in m.buffers():
                 if id(b) not in seen:
                     seen.add(id(b))
                     self._buffers.append(b)
+
+    @property
+    def reward_fn(self) -> Any:
+        """The reward of Eq. 15 the bandit's transition scores with (settable)."""
+        return self.transition.reward_fn
+
+    @reward_fn.setter
+    def reward_fn(self, fn: Any) -> None:
+        self.transition.reward_fn = fn
+
+    def _modules(self) -> tuple[nn.Module, ...]:
+        """The modules whose parameters and buffers the run trains and saves."""
+        return (self.segmentor, self.policy, self.objective)
 
     # -- construction from a config
 
@@ -337,7 +350,7 @@ class CoTrainer:
         Every rank builds identical weights (same seed); afterwards ranks other than 0 reseed python, numpy and
         torch with ``seed + 100_003 * rank`` so that their augmentation and dropout draws differ.
         """
-        from agents.objective import PolicyObjective  # the TorchRL half of agents/
+        from agents.objective import PolicyObjective
         from segbandit.models import build_segmentor
 
         seed_everything(cfg.seed)
@@ -373,6 +386,7 @@ class CoTrainer:
             clip_epsilon=cfg.clip_eps,
             lambda_kl=cfg.lambda_kl,
             entropy_coef=cfg.entropy_coef,
+            dist_info=dist_info or SINGLE,
         ).to(dev)
         optimizer = build_optimizer(cfg, param_groups(segmentor, policy, objective, cfg))
         scheduler = build_scheduler(cfg, optimizer)
@@ -405,93 +419,78 @@ class CoTrainer:
         _check_batch(images, masks)
         return self._step_module(images, masks)
 
+    def _act(
+        self, z: torch.Tensor, deterministic: bool, generator: torch.Generator | None, shard: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu, log_std (B, d), action) for detached float latents z (B, d, h, w): the policy's one run of the step."""
+        mu, log_std = self.policy(z)  # (B, d) each, float32, Eq. 7-10
+        spatial = tuple(z.shape[-2:]) if self.cfg.action_mode == "dense" else None
+        if deterministic:  # s = mu
+            action = mu if spatial is None else mu[:, :, None, None].expand(-1, -1, *spatial)
+        else:
+            action = sample_action(mu, log_std, spatial, generator=generator, shard=shard)  # Eq. 11, reparameterised
+        return mu, log_std, action
+
+    def rollout(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        *,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+        segmentor_grad: bool = True,
+        aux: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One round of the bandit on a batch, as the environment plays it, with the graph a co-training step needs.
+
+        images (B, 3, H, W), masks (B, H, W).  Returns the step's tensors and whether every logit is finite (0-d
+        bool): ``observation`` z (B, d, h, w) detached float32, ``loc`` / ``scale`` (B, d) with graph, ``action``
+        ((B, d, h, w) dense or (B, d)), ``logits`` (B, K, H, W) (``logits_aux`` when ``aux``), ``mask``, ``reward``
+        (B,) and ``reward_<term>`` (B,).  Noise from ``generator`` (the trainer's action generator when None) for
+        this rank's rows of the global batch; ``segmentor_grad=False`` runs the segmentor without graph (a frozen
+        environment), the policy always with it (unless the caller is under ``torch.no_grad``).
+        """
+        grad = contextlib.nullcontext() if segmentor_grad else torch.no_grad()
+        with grad:
+            feats = self.transition.encode(images)
+        z = feats["out"]  # (B, d, h, w)
+        obs = z.detach().float()  # the policy never sends gradient into the encoder
+        own_noise = generator is None
+        mu, log_std, action = self._act(
+            obs, deterministic, self.generator if own_noise else generator,
+            (self.dist.rank, self.dist.world_size) if own_noise else None,
+        )  # fmt: skip
+        with grad:
+            out = self.transition.score(z, action, masks, feats.get("aux") if aux else None)  # Eq. 15
+        finite = out.pop("finite")
+        step = {"observation": obs, "loc": mu, "scale": log_std.exp(), "action": action, "mask": masks, **out}
+        return step, finite
+
     def _compute_losses(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, Any]]:
         distributed = self.dist.enabled
         phase = self.phase()
         use_ce, use_rl = phase in ("joint", "sft"), phase in ("joint", "rl")
-        seg = self.segmentor
-        seg.train(use_ce)  # CE off: the segmentor is the frozen environment (eval mode, no gradient)
+        self.segmentor.train(use_ce)  # CE off: the segmentor is the frozen environment (eval mode, no gradient)
         self.policy.train()
-        out_size = (int(masks.shape[-2]), int(masks.shape[-1]))
-        grad_ctx = contextlib.nullcontext() if use_ce else torch.no_grad()
-        with grad_ctx, self._autocast:
-            feats = seg.features(images)
-        z = feats["out"]  # (B, d, h, w)
-        z_pol = z.detach().float()  # (B, d, h, w): the policy never sends gradient into the encoder
-        mu, log_std = self.policy(z_pol)  # (B, d) each, float32, Eq. 7-10
-        spatial = tuple(z.shape[-2:]) if self.cfg.action_mode == "dense" else None
-        if phase == "sft":
-            action = mu if spatial is None else mu[:, :, None, None].expand(-1, -1, *spatial)  # s = mu
-        elif distributed:  # the noise of the global batch, this rank's rows: ranks together draw one process's noise
-            eps = torch.randn(
-                (mu.shape[0] * self.dist.world_size, *mu.shape[1:], *(spatial or ())),
-                generator=self.generator, device=mu.device, dtype=mu.dtype,
-            )[self.dist.rank :: self.dist.world_size]  # (B, d[, h, w]); rank r holds global rows r, r+N, ...
-            scale = log_std.exp() if spatial is None else log_std.exp()[:, :, None, None]
-            loc = mu if spatial is None else mu[:, :, None, None]
-            action = loc + scale * eps  # Eq. 11, reparameterised
-        else:
-            action = sample_action(mu, log_std, spatial, generator=self.generator)  # Eq. 11, reparameterised
-        signal = broadcast_action(action, tuple(z.shape[-2:]))  # (B, d, h, w)
-        with grad_ctx, self._autocast:
-            logits = seg.decode(z, signal, out_size=out_size)  # (B, K, H, W)
-            aux = (
-                seg.decode_aux(feats["aux"], out_size)
-                if use_ce and self.cfg.aux_weight > 0 and getattr(seg, "aux_classifier", None) is not None
-                else None
-            )  # (B, K, H, W)
-        zero = torch.zeros((), device=images.device)
-        terms: dict[str, torch.Tensor] = {k: zero for k in LOSS_KEYS}
-        diag: dict[str, torch.Tensor] = {k: torch.full((), math.nan, device=images.device) for k in OBJECTIVE_DIAGNOSTICS}
+        step, finite = self.rollout(
+            images, masks, deterministic=phase == "sft", segmentor_grad=use_ce, aux=use_ce and self._use_aux
+        )  # the SFT phase feeds s = mu (see the module docstring)
         stats: dict[str, Any] = {"phase": phase}
+        r_stats = {f"reward_{k}": step[f"reward_{k}" if k != "total" else "reward"].mean() for k in REWARD_TERMS}
+        reason = None
+        if not bool(finite):
+            reason = "non-finite logits"
+        elif not bool(torch.isfinite(step["reward"]).all()):
+            reason = "non-finite reward"
         # Under DDP a rank never leaves early: every rank must run the same collectives (baseline mean, gradient
         # all-reduce); the reason is kept and the step is skipped on every rank after the backward.
-        if not bool(torch.isfinite(logits.detach()).all()):
-            if not distributed:  # every key a normal step reports, NaN: the loop and its logs read them all
-                nan_rewards = {f"reward_{k}": torch.full((), math.nan) for k in REWARD_TERMS}
-                return None, {**stats, "reason": "non-finite logits", **_floats({**terms, **diag, **nan_rewards})}
-            stats["reason"] = "non-finite logits"
-        reward = self.reward_fn(logits.detach(), masks)  # Eq. 15, (B,) float32 terms
-        r_stats = {f"reward_{k}": reward[k].mean() for k in REWARD_TERMS}
-        if not bool(torch.isfinite(reward["total"]).all()):
-            if not distributed:
-                return None, {**stats, "reason": "non-finite reward", **_floats({**terms, **diag, **r_stats})}
-            stats.setdefault("reason", "non-finite reward")
-        loss = zero
-        if use_ce:
-            weight = self._class_weight
-            if distributed:  # the mean over the labelled pixels of the global batch, once DDP averages the gradients
-                valid = masks != IGNORE_INDEX
-                n = (weight[masks.clamp_max(self.num_classes - 1)] * valid).sum() if weight is not None else valid.sum()
-                n = n.float().reshape(1)
-                dist.all_reduce(n)
-                denom = (n / self.dist.world_size).clamp_min(1e-6).reshape(())
-                ce_kw: dict[str, Any] = {"reduction": "sum"}
-            else:
-                denom, ce_kw = torch.ones((), device=images.device), {}
-            terms["loss_ce"] = F.cross_entropy(
-                logits.float(), masks, weight=weight, ignore_index=IGNORE_INDEX, **ce_kw
-            ) / denom  # Eq. 2
-            if aux is not None:
-                terms["loss_aux"] = F.cross_entropy(
-                    aux.float(), masks, weight=weight, ignore_index=IGNORE_INDEX, **ce_kw
-                ) / denom
-            loss = terms["loss_ce"] + self.cfg.aux_weight * terms["loss_aux"]
-        if use_rl:
-            pol = self.objective(
-                z_pol, action.detach(), reward["total"].detach(), mu.detach(), log_std.exp().detach()
-            )  # Eq. 3-5, 16-18
-            for k in ("loss_policy", "loss_kl", "loss_critic", "loss_entropy"):
-                if k in pol:
-                    terms[k] = torch.as_tensor(pol[k], device=images.device)
-            # Eq. 6 (loss_kl already carries lambda_KL); a critic's value loss and an entropy bonus when present
-            loss = loss + self.cfg.lambda_policy * terms["loss_policy"] + terms["loss_kl"]
-            loss = loss + terms["loss_critic"] + terms["loss_entropy"]
-            for k in OBJECTIVE_DIAGNOSTICS:
-                if k in pol:
-                    diag[k] = torch.as_tensor(pol[k], dtype=torch.float32, device=images.device)
-        terms["loss"] = loss
-        return loss, {**stats, **_floats({**terms, **diag, **r_stats})}
+        if reason is not None and not distributed:  # every key a normal step reports, NaN: the loop reads them all
+            nan = {k: torch.full((), math.nan) for k in (*LOSS_KEYS, *OBJECTIVE_DIAGNOSTICS)}
+            return None, {**stats, "reason": reason, **_floats({**nan, **r_stats})}
+        if reason is not None:
+            stats["reason"] = reason
+        terms = self.loss(step, ce=use_ce, rl=use_rl)  # Eq. 6: weighted loss_* terms and their sum
+        return terms["loss"], {**stats, **_floats({**terms, **r_stats})}
 
     def backward_only(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, Any]:
         """Zero the gradients, compute the batch loss and backpropagate it, without stepping (for inspection)."""
@@ -580,7 +579,7 @@ class CoTrainer:
         """One all-reduce: the mean of the numeric stats over ranks and whether any rank wants to skip."""
         keys = [k for k, v in stats.items() if isinstance(v, float)]
         vec = torch.tensor([1.0 if bad else 0.0, *(stats[k] for k in keys)], dtype=torch.float64, device=self.device)
-        dist.all_reduce(vec)
+        vec = all_reduce_sum(vec, self.dist)
         vals = (vec[1:] / self.dist.world_size).tolist()
         return {**stats, **dict(zip(keys, vals))}, bool(vec[0].item() > 0)
 
@@ -593,31 +592,33 @@ class CoTrainer:
         """Logits (B, K, H, W) float32 for images (B, 3, H, W) with s = mu (deterministic) or a sampled s.
 
         Always in eval mode (batch-norm running statistics are used and left unchanged); the modes are restored.
+        Sampling draws from ``generator`` (torch's global RNG when None), never from the training noise.
         """
+        images = images.to(self.device)
+        with self._eval_mode():
+            z = self.transition.encode(images)["out"]  # (B, d, h, w)
+            _, _, action = self._act(z.float(), deterministic, generator)
+            return self.transition.decode(z, action, (int(images.shape[-2]), int(images.shape[-1])))
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
         was_training = (self.segmentor.training, self.policy.training)
         self.segmentor.eval()
         self.policy.eval()
         try:
-            return self._predict(images.to(self.device), deterministic, generator)
+            yield
         finally:
             self.segmentor.train(was_training[0])
             self.policy.train(was_training[1])
 
-    def _predict(self, images: torch.Tensor, deterministic: bool, generator: torch.Generator | None) -> torch.Tensor:
-        z = self._encode(images)
-        mu, log_std = self.policy(z.float())  # (B, d)
-        spatial = tuple(z.shape[-2:]) if self.cfg.action_mode == "dense" else None
-        if deterministic:
-            action = mu if spatial is None else mu[:, :, None, None].expand(-1, -1, *spatial)
-        else:
-            action = sample_action(mu, log_std, spatial, generator=generator)
-        with self._autocast:
-            logits = self.segmentor.decode(z, broadcast_action(action, tuple(z.shape[-2:])), out_size=images.shape[-2:])
-        return logits.float()
+    def sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (batch-norm running statistics): a collective, a no-op in one process.
 
-    def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        with self._autocast:
-            return self.segmentor.encode(images)  # (B, d, h, w)
+        DDP copies rank 0's buffers at the start of each forward only, so after a step plain batch-norms hold each
+        rank's own statistics; :meth:`evaluate` and :meth:`state_dict` call this first, so ranks evaluate the same
+        network and save (and pass the sync check with) identical state.
+        """
+        broadcast_buffers(self._modules(), self.dist)
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable[Any], deterministic: bool = True, max_batches: int | None = None) -> dict[str, Any]:
@@ -626,36 +627,27 @@ class CoTrainer:
         Returns ``miou``, ``pixel_acc``, ``mean_dice`` (floats), ``per_class_iou`` (list of K floats, NaN for classes
         absent from target and prediction), the mean reward terms ``reward_{iou,dice,ce,boundary,total}`` and
         ``num_images``.  Sampling uses its own generator seeded from ``cfg.seed``, so evaluating never shifts the
-        training noise stream and is itself reproducible.  Under DDP every rank evaluates its own share of the
-        images and the confusion matrix and reward sums are all-reduced: every rank gets the global numbers.
+        training noise stream and is itself reproducible.  Under DDP (a collective) every rank evaluates its own
+        share of the images with rank 0's batch-norm statistics, and the confusion matrix and reward sums are summed
+        over the ranks: every rank gets the global numbers.
         """
-        was_training = (self.segmentor.training, self.policy.training)
-        self.segmentor.eval()
-        self.policy.eval()
-        metric = SegmentationMetric(self.num_classes, IGNORE_INDEX, device=self.device)
+        self.sync_buffers()
+        metric = SegmentationMetric(self.num_classes, IGNORE_INDEX, device=self.device, dist_info=self.dist)
         gen = torch.Generator(device=self.device).manual_seed(int(self.cfg.seed) + 7919)
-        sums = {k: 0.0 for k in REWARD_TERMS}
-        n = 0
-        try:
+        sums = torch.zeros(len(REWARD_TERMS) + 1, dtype=torch.float64, device=self.device)  # reward sums, count
+        with self._eval_mode():
             for i, (images, masks) in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break
                 images, masks = images.to(self.device), masks.to(self.device)
-                logits = self.predict(images, deterministic, gen)  # (B, K, H, W)
-                metric.update(logits, masks)
-                reward = self.reward_fn(logits, masks)
-                for k in REWARD_TERMS:
-                    sums[k] += float(reward[k].sum())
-                n += images.shape[0]
-        finally:
-            self.segmentor.train(was_training[0])
-            self.policy.train(was_training[1])
-        if active(self.dist):
-            totals = torch.tensor([*(sums[k] for k in REWARD_TERMS), float(n)], dtype=torch.float64, device=self.device)
-            dist.all_reduce(totals)
-            sums = dict(zip(REWARD_TERMS, totals[:-1].tolist()))
-            n = int(totals[-1].item())
-        res = metric.compute()  # all-reduces the confusion matrix under DDP
+                step, _ = self.rollout(images, masks, deterministic=deterministic, generator=gen, segmentor_grad=False)
+                metric.update(step["logits"], masks)
+                sums[:-1] += torch.stack([step[f"reward_{k}" if k != "total" else "reward"].double().sum()
+                                          for k in REWARD_TERMS])  # fmt: skip
+                sums[-1] += images.shape[0]
+        sums = all_reduce_sum(sums, self.dist).tolist()
+        n = int(sums[-1])
+        res = metric.compute()  # sums the confusion matrix over the ranks under DDP
         out: dict[str, Any] = {
             "miou": float(res["miou"]),
             "pixel_acc": float(res["pixel_acc"]),
@@ -663,7 +655,7 @@ class CoTrainer:
             "per_class_iou": [float(v) for v in res["per_class_iou"].tolist()],
             "num_images": n,
         }
-        out.update({f"reward_{k}": sums[k] / max(n, 1) for k in REWARD_TERMS})
+        out.update({f"reward_{k}": s / max(n, 1) for k, s in zip(REWARD_TERMS, sums[:-1])})
         return out
 
     # -- checkpoint state
@@ -674,8 +666,10 @@ class CoTrainer:
         Segmentor, policy, objective (EMA reference, baseline, critic), optimiser, scheduler, iteration, the
         skip counters, every RNG state (python, numpy, torch CPU and CUDA, the action-noise generator) and the
         config.  bf16 autocast needs no gradient scaler, so ``"scaler"`` is empty.  Under DDP this is a collective:
-        ``"rng_per_rank"`` holds every rank's RNG states (augmentation and dropout draw per rank).
+        the buffers are rank 0's (:meth:`sync_buffers`) and ``"rng_per_rank"`` holds every rank's RNG states
+        (augmentation and dropout draw per rank).
         """
+        self.sync_buffers()
         rng = capture_rng_state({"action": self.generator})
         state: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
@@ -731,13 +725,13 @@ class CoTrainer:
 
 
 class _StepModule(nn.Module):
-    """Segmentor, policy and objective as one module whose forward is the co-training loss, so that a single
+    """Segmentor, policy and the co-training loss (with the objective) as one module whose forward is the co-training loss, so that a single
     ``DistributedDataParallel`` wrapper sees every parameter the step trains (the trainer calls ``features`` /
     ``decode`` and the TorchRL loss, not ``forward``)."""
 
     def __init__(self, trainer: CoTrainer) -> None:
         super().__init__()
-        self.segmentor, self.policy, self.objective = trainer.segmentor, trainer.policy, trainer.objective
+        self.segmentor, self.policy, self.loss = trainer.segmentor, trainer.policy, trainer.loss
         object.__setattr__(self, "_trainer", trainer)  # not a submodule
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, Any]]:

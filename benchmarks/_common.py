@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +18,10 @@ from typing import Any, Callable
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the benchmarks run as scripts
+    sys.path.insert(0, str(ROOT))
+
+from agents.atomic import atomic_write  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -70,11 +75,7 @@ def machine(device: torch.device) -> dict[str, Any]:
 def finish(results: dict[str, Any], out: str | os.PathLike) -> None:
     """Record the closing load average and write ``results`` as indented JSON (atomically)."""
     results["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
+    path = atomic_write(out, lambda fh: fh.write(json.dumps(results, indent=2) + "\n"), binary=False)
     print(f"wrote {path}")
 
 

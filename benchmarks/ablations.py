@@ -47,11 +47,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
+from agents.atomic import atomic_write  # noqa: E402
 from agents.config import PRESETS, TrainConfig, make_config, to_dict  # noqa: E402
-from agents.trainer import CoTrainer, IterationBatchSampler  # noqa: E402
-from examples.train_voc_bandit import build_datasets  # noqa: E402
+from agents.datasets import build_datasets  # noqa: E402
+from agents.fit import fit  # noqa: E402
+from agents.trainer import CoTrainer  # noqa: E402
 
 DEFAULT_CACHE = ROOT / "benchmarks" / "results" / "ablations"
 DEFAULT_OUT = ROOT / "docs" / "ablations.md"
@@ -86,7 +87,7 @@ DIGITS_BUDGET: dict[str, Any] = dict(
 # Fields that never change a run's result: left out of the cache key.
 NON_RESULT_FIELDS: tuple[str, ...] = (
     "out", "resume", "log_every", "save_every", "eval_every", "keep_checkpoints", "num_overlays", "num_workers",
-    "eval_stochastic", "device", "preset",
+    "eval_stochastic", "device", "preset", "check_data", "sync_bn",
 )  # fmt: skip
 
 
@@ -202,18 +203,11 @@ def cache_path(cache: Path, cfg: dict[str, Any]) -> Path:
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True, default=_json_default)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    def write(fh: Any) -> None:
+        json.dump(data, fh, indent=1, sort_keys=True, default=_json_default)
+        fh.write("\n")
+
+    atomic_write(path, write, binary=False)
 
 
 def _json_default(obj: Any) -> Any:
@@ -250,49 +244,40 @@ def train_and_evaluate(cfg_dict: dict[str, Any], device: str = "cpu") -> dict[st
     non-finite steps in a row) is reported with ``failed`` set and the val mIoU of the model as it stands.
     """
     t0 = time.perf_counter()
-    cfg = TrainConfig(**{**cfg_dict, "device": device})
-    train_ds, val_ds, num_classes, _ = build_datasets(cfg)
-    trainer = CoTrainer.from_config(cfg, num_classes, device=device)
-    sampler = IterationBatchSampler(len(train_ds), cfg.batch_size, seed=cfg.seed)
-    loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    val_loader = DataLoader(val_ds, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
-                            num_workers=cfg.num_workers)
-    tail_from = cfg.max_iters - max(1, cfg.max_iters // 4)
+    tail_from = int(cfg_dict["max_iters"]) - max(1, int(cfg_dict["max_iters"]) // 4)
     sums: dict[str, float] = {k: 0.0 for k in DIAG_KEYS}
     counts: dict[str, int] = {k: 0 for k in DIAG_KEYS}
-    failed = None
-    batches = iter(loader)
-    t_train = time.perf_counter()
-    try:
-        while trainer.iteration < cfg.max_iters:
-            images, masks = next(batches)
-            stats = trainer.train_step(images, masks)
-            if stats["iteration"] > tail_from:
-                for k in DIAG_KEYS:
-                    v = stats.get(k, math.nan)
-                    if isinstance(v, float) and math.isfinite(v):
-                        sums[k] += v
-                        counts[k] += 1
-    except RuntimeError as err:  # max_nonfinite consecutive skipped steps
-        failed = str(err)
-    t_train = time.perf_counter() - t_train
-    t_eval = time.perf_counter()
-    res = trainer.evaluate(val_loader, deterministic=True)
-    t_eval = time.perf_counter() - t_eval
+    step_s = [0.0]
+
+    def on_step(stats: dict[str, Any]) -> None:
+        step_s[0] += stats["step_time"] + stats["data_time"]
+        if stats["iteration"] > tail_from:
+            for k in DIAG_KEYS:
+                v = stats.get(k, math.nan)
+                if isinstance(v, float) and math.isfinite(v):
+                    sums[k] += v
+                    counts[k] += 1
+
+    with tempfile.TemporaryDirectory(prefix="ablation-") as out:
+        cfg = TrainConfig(**{
+            **cfg_dict, "device": device, "out": out, "resume": False, "num_overlays": 0, "eval_stochastic": False,
+            "eval_every": cfg_dict["max_iters"], "log_every": cfg_dict["max_iters"],
+        })  # fmt: skip
+        res = fit(cfg, on_step=on_step, save_checkpoints=False, stop_on_nonfinite=True, log=lambda _: None)
+    total = time.perf_counter() - t0
     return {
         "miou": res["miou"],
         "pixel_acc": res["pixel_acc"],
         "mean_dice": res["mean_dice"],
         "reward_total": res["reward_total"],
-        "per_class_iou": res["per_class_iou"],
-        "iterations": trainer.iteration,
-        "skipped": len(trainer.skipped_iterations),
-        "failed": failed,
+        "per_class_iou": list(res["per_class_iou"].values()),
+        "iterations": res["iterations"],
+        "skipped": len(res["skipped_iterations"]),
+        "failed": res["failed"],
         "train_tail": {k: (sums[k] / counts[k] if counts[k] else None) for k in DIAG_KEYS},
-        "time_train_s": t_train,
-        "time_eval_s": t_eval,
-        "time_total_s": time.perf_counter() - t0,
+        "time_train_s": step_s[0],
+        "time_eval_s": max(total - step_s[0], 0.0),
+        "time_total_s": total,
     }
 
 
@@ -597,10 +582,7 @@ def write_markdown(out: Path, block: str) -> None:
         text = f"{head}{BEGIN}\n{block}\n{END}{tail}"
     else:
         text = f"# Ablations\n\n{BEGIN}\n{block}\n{END}\n" + (f"\n{text}" if text else "")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".md", dir=out.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, out)
+    atomic_write(out, lambda fh: fh.write(text), binary=False)
 
 
 # ----------------------------------------------------------------------------- command line

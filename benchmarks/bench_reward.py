@@ -36,6 +36,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torchmetrics.functional.segmentation import dice_score, mean_iou  # noqa: E402
 
+from segbandit.constants import IGNORE_INDEX  # noqa: E402
 from _common import RESULTS, finish, interleaved, load_note, machine, summary  # noqa: E402
 from segbandit.rewards import (  # noqa: E402
     CompositeReward,
@@ -46,7 +47,6 @@ from segbandit.rewards import (  # noqa: E402
     _iou_from_confusion,
 )
 
-IGNORE_INDEX = 255
 
 
 def make_batch(batch: int, num_classes: int, size: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

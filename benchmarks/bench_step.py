@@ -57,9 +57,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from segbandit.constants import IGNORE_INDEX  # noqa: E402
 from _common import RESULTS, finish, interleaved, load_note, machine, summary, sync, timed  # noqa: E402
 
-IGNORE_INDEX = 255
 ATTN_DIMS_VOC: tuple[int, ...] = (2048, 1024, 512, 256)
 
 
@@ -183,7 +183,7 @@ def component_fns(trainer, images: torch.Tensor, masks: torch.Tensor) -> dict[st
     from segbandit.policy import sample_action
 
     seg, device = trainer.segmentor, images.device
-    with torch.no_grad(), trainer._autocast:
+    with torch.no_grad(), trainer.transition.autocast:
         feats = seg.features(images)
         logits = seg.decode(feats["out"], torch.zeros_like(feats["out"]), out_size=tuple(masks.shape[-2:]))
     z = feats["out"].detach()  # (B, d, h, w)
@@ -194,7 +194,7 @@ def component_fns(trainer, images: torch.Tensor, masks: torch.Tensor) -> dict[st
 
     def modulation() -> None:
         zz = z.clone().requires_grad_(True)
-        with trainer._autocast:
+        with trainer.transition.autocast:
             m = seg.modulation(zz, signal)  # (B, d, h, w)
         m.backward(grad.to(m.dtype))
 

@@ -24,16 +24,16 @@ from gymnasium.error import ResetNeeded
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from segbandit.data import IMAGENET_MEAN, IMAGENET_STD, make_dataset
+from envs.transition import BanditTransition
+from segbandit.constants import IMAGENET_MEAN, IMAGENET_STD
+from segbandit.data import make_dataset
 from segbandit.errors import DataError
 from segbandit.models import Segmentor, build_segmentor
-from segbandit.policy import broadcast_action
-from segbandit.rewards import CompositeReward, parse_reward_weights
+from segbandit.policy import ACTION_MODES
+from segbandit.rewards import REWARD_TERMS, CompositeReward, parse_reward_weights
 
 OBS_MODES: tuple[str, ...] = ("latent", "pooled")
-ACTION_MODES: tuple[str, ...] = ("dense", "channel")
 ARRAY_TYPES: tuple[str, ...] = ("numpy", "torch")
-REWARD_TERMS: tuple[str, ...] = ("iou", "dice", "ce", "boundary")
 
 WeightsArg = Union[str, Sequence[float], Mapping[str, float]]
 
@@ -245,6 +245,7 @@ class SegBanditCore:
         self.segmentor, self.owns_segmentor = _resolve_segmentor(config, self.num_classes, self.device)
         weights = config.reward_weights
         self.reward_fn = CompositeReward(self.num_classes, weights=dict(weights) if isinstance(weights, Mapping) else tuple(weights))
+        self.transition = BanditTransition(self.segmentor, self.reward_fn)  # encode / decode / reward, written once
         self.latent_shape: tuple[int, int, int] = self._probe_latent_shape()
         d, h, w = self.latent_shape
         self.observation_shape: tuple[int, ...] = (d, h, w) if config.obs_mode == "latent" else (d,)
@@ -343,7 +344,7 @@ class SegBanditCore:
             self.seed(None)
         images, masks = self._next_batch()
         with self._grad():
-            z = self.segmentor.encode(images)  # (B, d, h, w)
+            z = self.transition.encode(images)["out"]  # (B, d, h, w)
         self._images, self._masks, self._z = images, masks, z
         self._obs = self._observe(z)
         return self._obs
@@ -367,7 +368,7 @@ class SegBanditCore:
         images, masks = self._next_batch()
         images, masks = images[idx], masks[idx]
         with self._grad():
-            z = self.segmentor.encode(images)  # (n, d, h, w)
+            z = self.transition.encode(images)["out"]  # (n, d, h, w)
         self._images = self._images.index_copy(0, idx, images)
         self._masks = self._masks.index_copy(0, idx, masks)
         self._z = self._z.index_copy(0, idx, z)
@@ -412,19 +413,14 @@ class SegBanditCore:
         if self._z is None:
             raise ResetNeeded("step() was called before reset(): call reset() first")
         a = self.check_action(action)  # (B, *action_shape)
-        s = broadcast_action(a, self.latent_shape[1:])  # (B, d, h, w)
         with self._grad():
-            logits = self.segmentor.decode(self._z, s, out_size=self.image_size)  # (B, K, H, W)
-        if not bool(torch.isfinite(logits.detach()).all()):  # a finite but huge action overflows the decoder
+            out = self.transition.score(self._z, a, self._masks)  # logits (B, K, H, W), rewards (B,), Eq. 15
+        if not bool(out["finite"]):  # a finite but huge action overflows the decoder
             raise ValueError(
                 f"the action (finite, max |a| = {float(a.abs().max()):.3g}) gave non-finite logits: the decoder "
                 "overflowed, so there is no reward to return; bound the actions (e.g. action_bound=...)"
             )
-        terms = self.reward_fn(logits, self._masks)  # float32, no grad  # Eq. 15
-        out = {"reward": terms["total"]}
-        out.update({k: terms[k] for k in REWARD_TERMS})
-        out["logits"] = logits
-        return out
+        return {"reward": out["reward"], **{k: out[f"reward_{k}"] for k in REWARD_TERMS}, "logits": out["logits"]}
 
     def step(self, action: Any) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Score ``action`` on the current images, then move to the next batch (same-step autoreset).

@@ -1,14 +1,14 @@
 """Reward baselines for the advantage A = clamp(r - b, a_min, a_max) (paper Eq. 16-18, Table 5b).
 
-Usage per batch: ``baseline.update(r)`` then ``A = baseline.advantage(r, a_min, a_max)``.  Under
-``torch.distributed`` the batch mean is the mean over the global batch, so every rank holds the same b.
+Usage per batch: ``baseline.update(r)`` then ``A = baseline.advantage(r, a_min, a_max)``.  Built with the job's
+``dist_info`` (several processes), the batch mean is the mean over the global batch, so every rank holds the same b.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from segbandit.distributed import global_mean
+from segbandit.distributed import SINGLE, DistInfo, global_mean
 
 
 def _check_rewards(r: torch.Tensor) -> None:
@@ -17,10 +17,11 @@ def _check_rewards(r: torch.Tensor) -> None:
 
 
 class Baseline(nn.Module):
-    """A scalar baseline b kept as a buffer (so it lives in ``state_dict``)."""
+    """A scalar baseline b kept as a buffer (so it lives in ``state_dict``); batch means over ``dist_info``'s ranks."""
 
-    def __init__(self) -> None:
+    def __init__(self, dist_info: DistInfo = SINGLE) -> None:
         super().__init__()
+        self.dist_info = dist_info
         self.register_buffer("b", torch.zeros(()))
 
     @property
@@ -43,8 +44,8 @@ class Baseline(nn.Module):
 class EMABaseline(Baseline):
     """b <- tau * b + (1 - tau) * mean(r) (Eq. 16).  The first batch sets b to its mean (no zero-start bias)."""
 
-    def __init__(self, tau: float = 0.9) -> None:
-        super().__init__()
+    def __init__(self, tau: float = 0.9, dist_info: DistInfo = SINGLE) -> None:
+        super().__init__(dist_info)
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau must lie in [0, 1], got {tau}")
         self.tau = tau
@@ -53,7 +54,7 @@ class EMABaseline(Baseline):
     @torch.no_grad()
     def update(self, r: torch.Tensor) -> None:
         _check_rewards(r)
-        r_bar = global_mean(r.detach()).to(self.b.device)
+        r_bar = global_mean(r.detach(), self.dist_info).to(self.b.device)
         if bool(self.initialized):
             self.b.mul_(self.tau).add_((1.0 - self.tau) * r_bar)  # Eq. 16
         else:
@@ -67,7 +68,7 @@ class BatchMeanBaseline(Baseline):
     @torch.no_grad()
     def update(self, r: torch.Tensor) -> None:
         _check_rewards(r)
-        self.b.copy_(global_mean(r.detach()).to(self.b.device))
+        self.b.copy_(global_mean(r.detach(), self.dist_info).to(self.b.device))
 
 
 class ZeroBaseline(Baseline):
@@ -80,11 +81,11 @@ class ZeroBaseline(Baseline):
 BASELINES: dict[str, type[Baseline]] = {"ema": EMABaseline, "batch_mean": BatchMeanBaseline, "zero": ZeroBaseline}
 
 
-def make_baseline(name: str, tau: float = 0.9) -> Baseline:
+def make_baseline(name: str, tau: float = 0.9, dist_info: DistInfo = SINGLE) -> Baseline:
     """Build a baseline by name: ``ema`` (ours, with momentum ``tau``), ``batch_mean`` or ``zero``."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; valid names: {sorted(BASELINES)}")
-    return EMABaseline(tau) if name == "ema" else BASELINES[name]()
+    return EMABaseline(tau, dist_info) if name == "ema" else BASELINES[name](dist_info)
 
 
 __all__ = ["BASELINES", "Baseline", "BatchMeanBaseline", "EMABaseline", "ZeroBaseline", "make_baseline"]

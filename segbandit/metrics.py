@@ -11,9 +11,10 @@ Counts are int64; ratios are computed in float64 because dataset-scale pixel cou
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from segbandit.constants import IGNORE_INDEX
+from segbandit.distributed import SINGLE, DistInfo, all_reduce_sum
 from segbandit.rewards import _check_logits_target, _check_num_classes, _check_pair, _confusion
 
 __all__ = ["SegmentationMetric"]
@@ -30,15 +31,22 @@ class SegmentationMetric(nn.Module):
     ``update(pred_or_logits, target)`` takes (B, K, H, W) logits (argmax over K) or (B, H, W) labels
     with (B, H, W) integer targets. ``compute()`` returns ``miou``, ``pixel_acc``, ``mean_dice``
     (python floats, NaN before any valid pixel), ``per_class_iou`` and ``per_class_dice`` ((K,)
-    float64, NaN for absent classes) and ``confusion`` ((K, K) int64). Under an initialised
-    ``torch.distributed`` group, ``compute()`` all-reduces (SUM) a copy of the confusion first.
+    float64, NaN for absent classes) and ``confusion`` ((K, K) int64). Built with the job's ``dist_info`` (several
+    processes), ``compute()`` sums a copy of the confusion over the ranks first.
     The confusion is a persistent buffer, so ``state_dict()`` / ``load_state_dict()`` carry it.
     """
 
     confusion: Tensor
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = IGNORE_INDEX,
+        device: torch.device | str | None = None,
+        dist_info: DistInfo = SINGLE,
+    ) -> None:
         super().__init__()
+        self.dist_info = dist_info
         self.num_classes = _check_num_classes(num_classes)
         self.ignore_index = int(ignore_index)
         self.register_buffer(
@@ -77,9 +85,7 @@ class SegmentationMetric(nn.Module):
     @torch.no_grad()
     def compute(self) -> dict[str, object]:
         """Metrics from the (all-reduced, if distributed) confusion matrix."""
-        conf = self.confusion.clone()  # (K, K)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(conf, op=dist.ReduceOp.SUM)
+        conf = all_reduce_sum(self.confusion.clone(), self.dist_info)  # (K, K)
         c = conf.double()
         tp = torch.diagonal(c)  # (K,)
         fp = c.sum(0) - tp  # (K,)

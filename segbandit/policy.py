@@ -19,6 +19,7 @@ import torch.nn as nn
 
 Reduction = Literal["sum", "mean"]
 REDUCTIONS: tuple[str, ...] = ("sum", "mean")
+ACTION_MODES: tuple[str, ...] = ("dense", "channel")  # s (B, d, h, w) as Eq. 11, or (B, d) broadcast over space
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -60,14 +61,21 @@ def sample_action(
     log_std: torch.Tensor,
     spatial_size: tuple[int, int] | None = None,
     generator: torch.Generator | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Reparameterised sample ``s = mu + sigma * eps`` (Eq. 11); differentiable in ``mu`` and ``log_std``.
 
     mu, log_std: (B, d).  ``spatial_size=(h, w)`` gives a dense action (B, d, h, w), ``None`` a per-channel one (B, d).
+    The noise comes from ``generator`` (torch's global RNG when None).  ``shard=(rank, world_size)``: this process
+    holds rows ``rank, rank + N, ...`` of a global batch of ``B * N``; the noise of the whole global batch is drawn
+    and this process's rows are kept, so N processes together draw exactly the noise of one process.
     """
     _check_params(mu, log_std)
-    shape = mu.shape if spatial_size is None else (*mu.shape, *spatial_size)
-    eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    rank, world = shard if shard is not None else (0, 1)
+    if not 0 <= rank < world:
+        raise ValueError(f"expected shard (rank, world_size) with 0 <= rank < world_size, got {shard}")
+    shape = (mu.shape[0] * world, *mu.shape[1:], *(spatial_size or ()))
+    eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)[rank::world]  # (B, d[, h, w])
     if spatial_size is None:
         return mu + log_std.exp() * eps  # (B, d)
     return mu[:, :, None, None] + log_std.exp()[:, :, None, None] * eps  # (B, d, h, w), Eq. 11
@@ -195,8 +203,8 @@ class LatentPolicy(nn.Module):
         Returns ``{"mu", "log_std", "action"}`` where action is (B, d, h, w) for ``"dense"`` and (B, d)
         for ``"channel"``; ``deterministic=True`` gives s = mu (broadcast to the action's shape).
         """
-        if action_mode not in ("dense", "channel"):
-            raise ValueError(f"action_mode must be 'dense' or 'channel', got {action_mode!r}")
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
         mu, log_std = self(z)
         spatial = tuple(z.shape[-2:]) if action_mode == "dense" else None
         if deterministic:
@@ -216,6 +224,7 @@ def broadcast_action(action: torch.Tensor, spatial_size: tuple[int, int]) -> tor
 
 
 __all__ = [
+    "ACTION_MODES",
     "LatentPolicy",
     "REDUCTIONS",
     "broadcast_action",

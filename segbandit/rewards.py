@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segbandit.constants import IGNORE_INDEX
+
 __all__ = [
-    "TERMS",
+    "REWARD_TERMS",
     "CompositeReward",
     "boundary_map",
     "boundary_reward",
@@ -39,7 +41,7 @@ __all__ = [
     "parse_reward_weights",
 ]
 
-TERMS: tuple[str, ...] = ("iou", "dice", "ce", "boundary")
+REWARD_TERMS: tuple[str, ...] = ("iou", "dice", "ce", "boundary")  # the terms of Eq. 15, in order
 
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -119,7 +121,7 @@ def _check_logits_target(logits: Tensor, target: Tensor, num_classes: int | None
 # ----------------------------------------------------------------------------- confusion
 
 
-def confusion_per_image(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+def confusion_per_image(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Per-image confusion matrices, rows = target, cols = pred; void target pixels are ignored.
 
     pred, target: (B, H, W) integer label maps. Returns (B, K, K) int64.
@@ -178,7 +180,7 @@ def _dice_from_confusion(conf: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- reward terms
 
 
-def iou_reward(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+def iou_reward(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Per-image mean IoU over classes present in pred or target (non-void pixels).
 
     pred, target: (B, H, W) integer. Returns (B,) float32 in [0, 1]; 0.0 for an all-void image.
@@ -187,7 +189,7 @@ def iou_reward(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int
     return _iou_from_confusion(conf)
 
 
-def dice_reward(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+def dice_reward(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Per-image mean Dice 2TP/(2TP+FP+FN) over classes present in pred or target (non-void pixels).
 
     pred, target: (B, H, W) integer. Returns (B,) float32 in [0, 1]; 0.0 for an all-void image.
@@ -196,7 +198,7 @@ def dice_reward(pred: Tensor, target: Tensor, num_classes: int, ignore_index: in
     return _dice_from_confusion(conf)
 
 
-def ce_reward(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
+def ce_reward(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Inverse cross-entropy reward exp(-CE), CE = mean over the image's non-void pixels.
 
     logits: (B, K, H, W) any float dtype (cast to float32, autocast off); target: (B, H, W) integer.
@@ -263,7 +265,7 @@ def _dilate(mask: Tensor, tolerance: int) -> Tensor:
     return (_max_filter(m, tolerance) > 0).squeeze(1)
 
 
-def boundary_reward(pred: Tensor, target: Tensor, ignore_index: int = 255, tolerance: int = 2) -> Tensor:
+def boundary_reward(pred: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX, tolerance: int = 2) -> Tensor:
     """Boundary F-score with a pixel tolerance (Chebyshev distance ``tolerance``).
 
     pred, target: (B, H, W) integer. precision = |Bp ∧ dil(Bt)| / |Bp|, recall = |Bt ∧ dil(Bp)| / |Bt|,
@@ -307,15 +309,15 @@ def _boundary_reward(pred: Tensor, target: Tensor, ignore_index: int, tolerance:
 def _weights_dict(weights: WeightsLike) -> dict[str, float]:
     """Normalise a 4-tuple or a (possibly partial) dict to {term: weight}; missing dict keys are 0."""
     if isinstance(weights, Mapping):
-        unknown = sorted(set(weights) - set(TERMS))
+        unknown = sorted(set(weights) - set(REWARD_TERMS))
         if unknown:
-            raise ValueError(f"unknown reward term(s) {unknown}; valid terms are {list(TERMS)}")
-        out = {t: float(weights.get(t, 0.0)) for t in TERMS}
+            raise ValueError(f"unknown reward term(s) {unknown}; valid terms are {list(REWARD_TERMS)}")
+        out = {t: float(weights.get(t, 0.0)) for t in REWARD_TERMS}
     else:
         values = list(weights)
-        if len(values) != len(TERMS):
-            raise ValueError(f"weights must have {len(TERMS)} values for {list(TERMS)}, got {len(values)}: {values}")
-        out = {t: float(w) for t, w in zip(TERMS, values)}
+        if len(values) != len(REWARD_TERMS):
+            raise ValueError(f"weights must have {len(REWARD_TERMS)} values for {list(REWARD_TERMS)}, got {len(values)}: {values}")
+        out = {t: float(w) for t, w in zip(REWARD_TERMS, values)}
     for t, w in out.items():
         if not (w == w and abs(w) != float("inf")):
             raise ValueError(f"reward weight for {t!r} must be finite, got {w}")
@@ -325,13 +327,13 @@ def _weights_dict(weights: WeightsLike) -> dict[str, float]:
 
 
 def parse_reward_weights(s: str) -> dict[str, float]:
-    """Parse ``"1,1,0,1"`` (λ_IoU, λ_Dice, λ_CE, λ_Bnd) into a weights dict keyed by ``TERMS``.
+    """Parse ``"1,1,0,1"`` (λ_IoU, λ_Dice, λ_CE, λ_Bnd) into a weights dict keyed by ``REWARD_TERMS``.
 
     Example: ``"1,1,0,1"`` -> ``{"iou": 1.0, "dice": 1.0, "ce": 0.0, "boundary": 1.0}``.
     """
-    message = f"reward weights must be {len(TERMS)} comma-separated floats for {list(TERMS)}, got {s!r}"
+    message = f"reward weights must be {len(REWARD_TERMS)} comma-separated floats for {list(REWARD_TERMS)}, got {s!r}"
     parts = [p.strip() for p in str(s).split(",")]
-    if len(parts) != len(TERMS):
+    if len(parts) != len(REWARD_TERMS):
         raise ValueError(message)
     try:
         values = [float(p) for p in parts]
@@ -357,13 +359,13 @@ class CompositeReward:
     enter ``total``.
     """
 
-    terms: tuple[str, ...] = TERMS
+    terms: tuple[str, ...] = REWARD_TERMS
 
     def __init__(
         self,
         num_classes: int,
         weights: WeightsLike = (1.0, 1.0, 1.0, 1.0),
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         boundary_tolerance: int = 2,
     ) -> None:
         self.num_classes = _check_num_classes(num_classes)

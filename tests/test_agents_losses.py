@@ -9,7 +9,7 @@ from tensordict.nn import InteractionType, set_interaction_type
 from torch.distributions import Normal, kl_divergence
 
 from agents import (
-    ALGOS,
+    LOSSES,
     LOG_PROB_KEY,
     EMABaselineAdvantage,
     EMAReferencePolicy,
@@ -261,7 +261,7 @@ def test_make_loss_builds_a_value_head_for_critic_algos(algo):
 
 
 @pytest.mark.parametrize(
-    "algo,action_mode", [(a, "dense") for a in ALGOS] + [("latent_ppo", "channel"), ("a2c", "channel")]
+    "algo,action_mode", [(a, "dense") for a in LOSSES] + [("latent_ppo", "channel"), ("a2c", "channel")]
 )
 def test_every_algo_runs_forward_and_backward_reaching_policy_and_critic_only(algo, action_mode):
     policy = _policy()

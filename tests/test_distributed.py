@@ -82,6 +82,9 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     try:
         result = job.main([*MAIN_ARGS, "--out", str(Path(tmp) / "run")])
         Path(tmp, f"main_rank{rank}.json").write_text(json.dumps({k: result[k] for k in ("rank", "state_sha256")}))
+        # the README's command without --sync-bn: plain batch-norms, whose running statistics differ per rank
+        plain = job.main([*(a for a in MAIN_ARGS if a != "--sync-bn"), "--out", str(Path(tmp) / "run_plain_bn")])
+        Path(tmp, f"plain_rank{rank}.json").write_text(json.dumps({k: plain[k] for k in ("rank", "state_sha256")}))
         torch.save(train_library(DistInfo(rank, world, rank)), Path(tmp, f"lib_rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -100,6 +103,15 @@ def test_both_ranks_hold_bit_identical_parameters_after_training(ddp_run):
     a, b = (torch.load(ddp_run / f"lib_rank{r}.pt", weights_only=True) for r in range(WORLD))
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_without_sync_bn_the_run_saves_and_finishes_with_ranks_in_sync(ddp_run):
+    plain = [json.loads((ddp_run / f"plain_rank{r}.json").read_text()) for r in range(WORLD)]
+    assert plain[0]["state_sha256"] == plain[1]["state_sha256"]  # the buffers agree at evaluation, check and save
+    out = ddp_run / "run_plain_bn"
+    assert [p.name for p in list_checkpoints(out)] == [checkpoint_name(2)]
+    assert "sync-bn False, ranks in sync" in (out / "final.md").read_text()
+    assert load_checkpoint(out / checkpoint_name(2))["sync_bn"] is False
 
 
 def test_only_rank_zero_writes_and_the_checkpoint_carries_every_ranks_rng(ddp_run):

@@ -16,8 +16,10 @@ import PIL.Image
 import torch
 from torchvision import tv_tensors
 
+from segbandit.constants import IGNORE_INDEX
+
 DIGIT_CLASSES: tuple[str, ...] = ("background",) + tuple(str(d) for d in range(10))
-VOID = 255
+VOID = IGNORE_INDEX
 INK_LABEL = 0.35  # normalised ink above this is the digit's class
 INK_VOID = 0.15  # ink in (INK_VOID, INK_LABEL] is ambiguous -> void
 INK_OPAQUE = 0.6  # ink at or above this paints the ink colour fully (opacity = ink / INK_OPAQUE, clipped)
