@@ -23,6 +23,7 @@ SCHEDULES: tuple[str, ...] = ("joint", "sft_then_rl", "rl_only")  # Table 1
 DATASET_NAMES: tuple[str, ...] = ("digits", "voc")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 LOGPROB_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
+MIN_CROP_SIZE = 16  # DigitScenes' smallest scene; a stride-8 segmentor then still has a 2 x 2 latent
 
 # The argument groups of the main job's --help, in display order (agents.cli builds one group per name).
 GROUPS: tuple[str, ...] = ("run", "data", "model", "RL objective", "optimisation")
@@ -226,6 +227,9 @@ class TrainConfig:
                      "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.crop_size) < MIN_CROP_SIZE:
+            raise ValueError(f"crop_size must be >= {MIN_CROP_SIZE} (the digit scenes and the segmentors' output "
+                             f"stride need it), got {self.crop_size}")
         if int(self.warmup_iters) < 0:
             raise ValueError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
         if self.a_min > self.a_max:

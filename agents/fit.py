@@ -13,10 +13,11 @@ User errors are exceptions with one-line messages, raised before any work where 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -84,16 +85,25 @@ def check_device(cfg: TrainConfig) -> torch.device:
 
 
 def check_writable(out: Path) -> None:
-    """ConfigError unless ``out`` is a folder this process may write in, or may be created as one (nothing is made)."""
+    """ConfigError unless files can be written in ``out``: the folder is made (with any missing parents) and a
+    temporary file written there; folders it had to make are removed again, so a later error leaves nothing behind."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
-    probe = out.resolve()
-    while not probe.exists():  # the nearest existing folder is where the run's folder would be created
+    made: list[Path] = []  # the folders this check creates, deepest first
+    probe = out.absolute()
+    while not probe.exists():
+        made.append(probe)
         probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"--out {out}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out}: {probe} is not writable (read-only file system or no permission)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+    finally:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def resolve_out(cfg: TrainConfig) -> Path:

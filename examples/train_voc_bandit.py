@@ -20,6 +20,7 @@ could not be written).  See docs/reliability.md.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -92,6 +93,11 @@ def cli(argv: list[str] | None = None) -> int:
         return EXIT_NONFINITE
     except WriteError as err:
         print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+        return EXIT_WRITE_ERROR
+    except OSError as err:  # a full disk outside a checkpoint (a CSV row, a figure): the file it could not write
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {err.filename or 'the output folder'}: {err.strerror}", file=sys.stderr, flush=True)
         return EXIT_WRITE_ERROR
     return 0
 

@@ -205,7 +205,7 @@ def test_non_finite_weights_are_skipped_then_stop_with_exit_code_3(tmp_path, cap
 
 
 @pytest.mark.parametrize("flags", [["--batch-size", "0"], ["--max-iters", "-1"], ["--keep-checkpoints", "0"],
-                                   ["--warmup-iters", "-5"]])  # fmt: skip
+                                   ["--warmup-iters", "-5"], ["--crop-size", "7"]])  # fmt: skip
 def test_an_invalid_value_is_one_argparse_line_and_exit_2_before_any_work(flags, tmp_path, capsys):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as exc:
@@ -245,3 +245,30 @@ def test_resume_refuses_a_flag_that_would_change_the_saved_run_in_one_line(flags
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"--resume: {field} = " in err and "may change on resume" in err
     assert [r["iteration"] for r in rows(out / "metrics.csv")] == ["1", "2"]  # nothing trained or rewritten
+
+
+def _argparse_line(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        job.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_out_naming_an_existing_file_is_one_line_and_exit_2(tmp_path, capsys):
+    target = tmp_path / "a_file"
+    target.write_text("keep me")
+    line = _argparse_line([*TINY, "--out", str(target)], capsys)
+    assert f"--out {target}: exists and is not a folder" in line and target.read_text() == "keep me"
+
+
+def test_out_where_no_folder_can_be_made_is_one_line_and_exit_2_leaving_nothing(capsys):
+    line = _argparse_line([*TINY, "--out", "/proc/segbandit-run/out"], capsys)  # procfs refuses new folders
+    assert "--out /proc/segbandit-run/out: cannot write there" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without CUDA")
+def test_device_cuda_without_one_is_one_line_and_exit_2_before_any_work(tmp_path, capsys):
+    out = tmp_path / "never"
+    line = _argparse_line([*TINY, "--device", "cuda", "--out", str(out)], capsys)
+    assert "--device cuda: CUDA is not available here" in line and not out.exists()

@@ -17,8 +17,8 @@ def _run(code: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_readme_has_the_four_documented_examples():
-    assert len(BLOCKS) == 4, [b.splitlines()[0] for b in BLOCKS]
+def test_readme_has_the_five_documented_examples():
+    assert len(BLOCKS) == 5, [b.splitlines()[0] for b in BLOCKS]
 
 
 def _block(marker: str) -> str:
@@ -48,3 +48,11 @@ def test_readme_plugged_in_loss_trains_and_reports_finite_terms():
     stats = eval(proc.stdout.strip().splitlines()[-1])  # the dict the example prints
     assert set(stats) == {"loss_ce", "loss_policy", "kl", "reward_total"}
     assert all(v == v and abs(v) < 1e6 for v in stats.values())
+
+
+def test_readme_fit_example_trains_through_the_library_entry_point():
+    proc = _run(_block("from agents.fit import fit"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    miou, iterations, keys = proc.stdout.strip().splitlines()[-1].split(" ", 2)
+    assert 0.0 <= float(miou) <= 1.0 and iterations == "2"
+    assert keys == "['data_time_s', 'failed', 'iterations', 'mean_dice']"

@@ -433,3 +433,73 @@ def test_checkpoint_and_config_get_the_mode_of_the_process_umask_not_0600(tmp_pa
     for path in (ckpt, tmp_path / "config.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------- the file system refuses writes
+
+CAN_MOUNT = os.geteuid() == 0 and shutil.which("unshare") is not None and subprocess.run(
+    ["unshare", "-m", "true"], capture_output=True).returncode == 0  # fmt: skip
+
+
+def _run_in_mount(mounts: str, argv: list[str], after: str = "true") -> subprocess.CompletedProcess:
+    """The CLI in a private mount namespace after the shell commands ``mounts`` (root: real tmpfs / read-only
+    mounts); its exit code is printed to stderr as ``EXIT=<code>``, then ``after`` runs in the same namespace."""
+    cmd = " ".join([sys.executable, str(SCRIPT), *argv])
+    script = f"{mounts} && {{ {cmd}; echo EXIT=$? >&2; {after}; }}"
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=str(ROOT),
+                          timeout=300)  # fmt: skip
+
+
+def _exit_code(proc: subprocess.CompletedProcess) -> int:
+    return int(next(ln for ln in proc.stderr.splitlines() if ln.startswith("EXIT="))[5:])
+
+
+def test_a_read_only_out_folder_is_one_line_and_exit_2_before_any_work(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    argv = [*TINY, "--max-iters", "2", "--out", str(ro / "run")]
+    if CAN_MOUNT:  # a real read-only file system
+        proc = _run_in_mount(f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro}", argv)
+        proc.returncode = _exit_code(proc)
+        proc.stderr = "\n".join(ln for ln in proc.stderr.splitlines() if not ln.startswith("EXIT="))
+    else:  # an unprivileged user: a folder without write permission
+        ro.chmod(0o555)
+        proc = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, cwd=str(ROOT))
+        ro.chmod(0o755)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"--out {ro / 'run'}: cannot write there" in last and "Traceback" not in proc.stderr
+    assert not (ro / "run").exists()
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_naming_the_folder_and_bytes_and_the_previous_one_survives(
+    tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "full" / "run"
+    argv = [*TINY, "--max-iters", "4", "--eval-every", "4", "--save-every", "2", "--keep-checkpoints", "2",
+            "--out", str(out)]  # fmt: skip
+    if CAN_MOUNT:  # a real tmpfs with room for one checkpoint of this tiny model (4.5 MB) but not for a second
+        out.parent.mkdir()
+        survivors = (f"{sys.executable} -c \"from agents.checkpoint import list_checkpoints, load_checkpoint; "
+                     f"ps = list_checkpoints('{out}'); print('SURVIVORS', [p.name for p in ps], "
+                     f"load_checkpoint(ps[-1])['iteration'])\"")  # fmt: skip
+        proc = _run_in_mount(f"mount -t tmpfs -o size=7m tmpfs {out.parent}", argv, after=survivors)
+        code, err = _exit_code(proc), proc.stderr.replace(f"EXIT={_exit_code(proc)}", "").strip()
+        assert f"SURVIVORS ['{checkpoint_name(2)}'] 2" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]
+    else:  # no mount namespace: torch's zip writer fails at the second checkpoint the way a full disk makes it fail
+        real_save, calls = torch.save, []
+
+        def second_save_fails(obj, f, *args, **kwargs):
+            calls.append(1)
+            if len(calls) >= 2:
+                raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1536 vs 1430")
+            return real_save(obj, f, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "save", second_save_fails)
+        code, err = job.cli(argv), capsys.readouterr().err
+        assert [p.name for p in list_checkpoints(out)] == [checkpoint_name(2)]
+        assert load_checkpoint(out / checkpoint_name(2))["iteration"] == 2
+    assert code == job.EXIT_WRITE_ERROR == 4, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {out.resolve()}: no space left to write {checkpoint_name(4)}: it needs about ")
+    assert "MB free" in last and "Traceback" not in err

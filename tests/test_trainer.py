@@ -394,3 +394,53 @@ def test_retention_never_deletes_the_checkpoint_just_written_for_a_newer_corrupt
         save_checkpoint(tmp_path / checkpoint_name(it), trainer.state_dict(), keep=1)
     assert [p.name for p in list_checkpoints(tmp_path)] == [checkpoint_name(2), checkpoint_name(100)]
     assert load_checkpoint(tmp_path / checkpoint_name(2))["iteration"] == 0
+
+
+# ----------------------------------------------------------------------------- one bandit step
+
+
+def test_the_policy_runs_once_per_training_step_and_its_batchnorm_moves_once():
+    trainer = CoTrainer.from_config(tiny_cfg(), K)
+    calls = []
+    trainer.policy.register_forward_hook(lambda *_: calls.append(1))
+    tracked = [m.num_batches_tracked for m in trainer.policy.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert tracked, "the policy has batch-norms"
+    trainer.train_step(*toy_batch())
+    assert len(calls) == 1 and all(int(t) == 1 for t in tracked)
+
+
+def test_the_trainer_and_the_env_score_an_action_with_one_transition():
+    from envs.core import SegBanditConfig, SegBanditCore
+
+    trainer = CoTrainer.from_config(tiny_cfg(class_weights=None), 11)
+    core = SegBanditCore(2, SegBanditConfig(model=trainer.segmentor, image_size=32, array_type="torch"))
+    assert type(core.transition) is type(trainer.transition)
+    trainer.segmentor.eval()
+    trainer.policy.eval()
+    core.reset(seed=0)  # encodes the first batch
+    with torch.no_grad():
+        step, finite = trainer.rollout(core.images, core.masks, deterministic=True, segmentor_grad=False)
+        env = core.score(step["action"])
+    assert bool(finite)
+    torch.testing.assert_close(env["logits"], step["logits"], rtol=0, atol=0)
+    torch.testing.assert_close(env["reward"], step["reward"], rtol=0, atol=0)
+    torch.testing.assert_close(env["iou"], step["reward_iou"], rtol=0, atol=0)
+
+
+def test_cotraining_loss_returns_weighted_terms_that_sum_to_the_loss():
+    x, y = toy_batch()
+    one = CoTrainer.from_config(tiny_cfg(lambda_policy=1.0, aux_weight=0.4), K)
+    two = CoTrainer.from_config(tiny_cfg(lambda_policy=2.0, aux_weight=0.8), K)
+    terms = []
+    for trainer in (one, two):
+        trainer.generator.manual_seed(3)
+        torch.manual_seed(0)
+        step, _ = trainer.rollout(x, y, aux=True)
+        terms.append(trainer.loss(step))
+    a, b = terms
+    torch.testing.assert_close(b["loss_policy"], 2.0 * a["loss_policy"])  # lambda_P weights only the policy term
+    torch.testing.assert_close(b["loss_aux"], 2.0 * a["loss_aux"])
+    torch.testing.assert_close(b["loss_ce"], a["loss_ce"])
+    torch.testing.assert_close(b["loss_kl"], a["loss_kl"])  # lambda_KL (1 in both) is the TorchRL loss's coefficient
+    parts = ("loss_ce", "loss_aux", "loss_policy", "loss_kl", "loss_critic", "loss_entropy")
+    torch.testing.assert_close(b["loss"], sum(b[k] for k in parts))
