@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.atomic import atomic_write
+from segbandit.modulation import SIGNAL_NORMS
 from segbandit.policy import ACTION_MODES
 
 SCHEDULES: tuple[str, ...] = ("joint", "sft_then_rl", "rl_only")  # Table 1
@@ -83,9 +84,9 @@ def _loss_names() -> list[str]:
 
 
 def _baseline_names() -> list[str]:
-    from segbandit.baselines import BASELINES
+    from segbandit.baselines import BASELINES, PER_IMAGE_BASELINES
 
-    return sorted(BASELINES)
+    return sorted([*BASELINES, *PER_IMAGE_BASELINES])
 
 
 @dataclass
@@ -147,6 +148,10 @@ class TrainConfig:
     attn_dim: int | None = _knob(None, "inner width of the attention modulation; 'd' = the latent width, the paper",
                                  group="model", none_words=("d", "none"))
     num_heads: int = _knob(8, "heads of the attention modulation", group="model")
+    signal_norm: str = _knob("batch", "normalisation of the signal projection (Eq. 13): batch (the paper), group, "
+                                      "or none (keeps the action's scale)", group="model", choices=SIGNAL_NORMS)
+    alpha_init: float = _knob(1.0, "initial alpha on the modulated latent, concat(z, alpha * m); 0 starts as the "
+                                   "plain model", group="model")
     aux_weight: float = _knob(0.4, "CE weight of the aux head (mmsegmentation / SSSegmentation)", group="model")
     class_weights: tuple[float, ...] | None = _knob(
         None, "per-class CE weights, K comma-separated floats (mmsegmentation's class_weight); 'none' = plain CE",
@@ -173,7 +178,13 @@ class TrainConfig:
     # a_min / a_max are not stated in the paper; rewards lie in [0, 4], so |A| <= 1 keeps a single image from dominating
     a_min: float = _knob(-1.0, "lower bound of the advantage clamp (Eq. 18)", group="RL objective")
     a_max: float = _knob(1.0, "upper bound of the advantage clamp (Eq. 18)", group="RL objective")
-    baseline: str = _knob("ema", "reward baseline (Eq. 16, Table 5b)", group="RL objective", choices=_baseline_names)
+    baseline: str = _knob("ema", "reward baseline: ema (Eq. 16), batch_mean, zero (Table 5b); per image: rloo, "
+                                 "group_mean (need --action-samples >= 2), greedy (r at s = mu)", group="RL objective",
+                          choices=_baseline_names)
+    ppo_epochs: int = _knob(1, "policy updates per batch: epoch 1 is the joint step, epochs 2.. re-run only the policy "
+                               "on the stored latents (with --algo ppo_ewma: PPO-EWMA)", group="RL objective")
+    action_samples: int = _knob(1, "K actions sampled per image; the modulation and decoder re-run for the K - 1 extra "
+                                   "ones (no graph), the policy loss reads all K", group="RL objective")
     reward_weights: tuple[float, float, float, float] = _knob(
         (1.0, 1.0, 1.0, 1.0), "lambda for iou,dice,ce,boundary, e.g. 1,1,1,1 (Eq. 15)", group="RL objective")
     boundary_tolerance: int = _knob(2, "pixel tolerance (Chebyshev distance) of the boundary reward (Eq. 15)",
@@ -224,12 +235,15 @@ class TrainConfig:
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid names: {', '.join(valid)}")
         for name in ("max_iters", "batch_size", "crop_size", "eval_every", "save_every", "log_every", "max_nonfinite",
-                     "keep_checkpoints"):
+                     "keep_checkpoints", "action_samples", "ppo_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if int(self.crop_size) < MIN_CROP_SIZE:
             raise ValueError(f"crop_size must be >= {MIN_CROP_SIZE} (the digit scenes and the segmentors' output "
                              f"stride need it), got {self.crop_size}")
+        if self.baseline in ("rloo", "group_mean") and int(self.action_samples) < 2:
+            raise ValueError(f"baseline {self.baseline} compares the K actions of an image: it needs action_samples >= 2, "
+                             f"got {self.action_samples}")
         if int(self.warmup_iters) < 0:
             raise ValueError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
         if self.a_min > self.a_max:

@@ -108,7 +108,7 @@ class CoTrainingLoss(nn.Module):
             loc, scale = step["loc"], step["scale"]  # (B, d) each, with graph
             pol = self.objective(
                 step["observation"], step["action"].detach(), step["reward"].detach(), loc.detach(), scale.detach(),
-                current=(loc, scale),
+                current=(loc, scale), baseline_values=step.get("baseline_value"),
             )  # Eq. 3-5, 16-18; loss_kl carries lambda_KL
             out["loss_policy"] = self.lambda_policy * pol["loss_policy"]  # Eq. 6
             for k in ("loss_kl", "loss_critic", "loss_entropy"):

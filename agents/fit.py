@@ -58,9 +58,9 @@ DIGITS_NOTICE = (
 )
 TRAIN_KEYS: tuple[str, ...] = (
     "loss", "loss_ce", "loss_aux", "loss_policy", "loss_kl", "loss_critic", "loss_entropy",
-    *(f"reward_{k}" for k in REWARD_TERMS),
+    *(f"reward_{k}" for k in REWARD_TERMS), "reward_std_actions", "reward_std_images",
     "ratio", "clip_fraction", "kl", "approx_kl", "entropy", "advantage", "baseline", "log_ratio_max", "nonfinite_ratio",
-    "grad_norm", "lr", "skipped", "data_time", "step_time",
+    "ratio_final", "clip_fraction_final", "grad_norm", "lr", "skipped", "data_time", "step_time",
 )  # fmt: skip
 
 
@@ -185,6 +185,7 @@ def fit(
     explicit: Mapping[str, Any] | None = None,
     dist_info: DistInfo = SINGLE,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    on_end: Callable[[CoTrainer, Any], Mapping[str, Any]] | None = None,
     save_checkpoints: bool = True,
     stop_on_nonfinite: bool = False,
     log: Callable[[str], None] = print,
@@ -197,6 +198,8 @@ def fit(
         dist_info: this process's place under ``torchrun`` (the caller joins the process group); every rank calls
             ``fit``, only rank 0 writes files.
         on_step: called with every iteration's statistics (python floats; see ``CoTrainer.train_step``).
+        on_end: called with the trainer and the val loader after the final evaluation; what it returns is the
+            result's ``"diagnostics"`` (e.g. :func:`agents.diagnostics.policy_diagnostics` on a batch).
         save_checkpoints: write ``ckpt_*.pt`` every ``save_every`` and at the end (off: a throw-away run).
         stop_on_nonfinite: too many non-finite steps in a row end the training (``result["failed"]`` holds the
             reason) and the model is evaluated as it stands, instead of raising :class:`NonFiniteError`.
@@ -339,6 +342,7 @@ def fit(
     else:
         final = run_eval(trainer.iteration)
     sampled = trainer.evaluate(val_loader, deterministic=False) if cfg.eval_stochastic else None
+    diagnostics = dict(on_end(trainer, val_loader)) if on_end is not None else None
     digest = assert_ranks_in_sync([trainer.segmentor, trainer.policy, trainer.objective], info) if info.enabled else None
     wall = time.time() - t_start
     rss = _peak_rss_mb()
@@ -381,6 +385,8 @@ def fit(
         result["state_sha256"] = digest
     if sampled is not None:
         result["miou_sampled"] = sampled["miou"]
+    if diagnostics is not None:
+        result["diagnostics"] = diagnostics
     return result
 
 

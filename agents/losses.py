@@ -205,6 +205,7 @@ def _reinforce(actor, *, clip_epsilon, lambda_kl, critic, entropy_coef) -> LossM
 
 LOSSES: dict[str, Callable[..., LossModule]] = {
     "latent_ppo": _latent_ppo,
+    "ppo_ewma": _latent_ppo,  # the same loss; PolicyObjective puts the behaviour log-probability under the ratio key
     "ppo": _ppo,
     "klpen_ppo": _klpen_ppo,
     "a2c": _a2c,

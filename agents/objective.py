@@ -8,6 +8,7 @@ loss expects, runs it, and returns the loss terms (with graph) and detached diag
 | algo         | loss                          | advantage (B, 1)           | ratio / penalty against               |
 | ------------ | ----------------------------- | -------------------------- | ------------------------------------- |
 | ``latent_ppo`` | :class:`LatentPPOLoss` (ours) | clamp(r - b_EMA) (Eq. 16-18) | EMA reference pi_ref (Eq. 4, 5, 19)   |
+| ``ppo_ewma``   | :class:`LatentPPOLoss`        | clamp(r - b_EMA)           | ratio: behaviour; KL: EMA reference (PPO-EWMA) |
 | ``ppo``        | TorchRL ``ClipPPOLoss``       | clamp(r - b_EMA)           | behaviour log-probability             |
 | ``klpen_ppo``  | TorchRL ``KLPENPPOLoss``      | clamp(r - b_EMA)           | behaviour Gaussian (beta = lambda_kl, fixed) |
 | ``a2c``        | TorchRL ``A2CLoss``           | clamp(r - V(z))            | - (critic regresses r)                |
@@ -31,10 +32,11 @@ from agents.advantage import CriticAdvantage, EMABaselineAdvantage
 from agents.distributions import LatentGaussian
 from agents.losses import CRITIC_ALGOS, LOSSES, make_loss, ratio_diagnostics
 from agents.reference import EMAReferencePolicy
-from segbandit.baselines import BASELINES, make_baseline
+from segbandit.baselines import BASELINES, PER_IMAGE_BASELINES, make_baseline
 from segbandit.distributed import SINGLE, DistInfo
 from segbandit.policy import REDUCTIONS, LatentPolicy
 
+REFERENCE_ALGOS: tuple[str, ...] = ("latent_ppo", "ppo_ewma")  # the algorithms with an EMA reference (Eq. 19)
 _ACTOR_PREFIX = "loss.actor_network."  # where the caller's policy sits inside this module
 
 
@@ -82,8 +84,8 @@ class PolicyObjective(nn.Module):
         check_action_mode(action_mode)
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if baseline not in BASELINES:
-            raise ValueError(f"unknown baseline {baseline!r}; valid names: {sorted(BASELINES)}")
+        if baseline not in BASELINES and baseline not in PER_IMAGE_BASELINES:
+            raise ValueError(f"unknown baseline {baseline!r}; valid names: {sorted([*BASELINES, *PER_IMAGE_BASELINES])}")
         if a_min > a_max:
             raise ValueError(f"expected a_min <= a_max, got a_min={a_min}, a_max={a_max}")
         object.__setattr__(self, "policy", policy)  # not registered: the caller owns the policy
@@ -96,11 +98,17 @@ class PolicyObjective(nn.Module):
             algo, actor, clip_epsilon=clip_epsilon, lambda_kl=lambda_kl, critic=critic,
             entropy_coef=entropy_coef, reduction=reduction,
         )
-        self.advantage = None if critic is not None else EMABaselineAdvantage(make_baseline(baseline, tau, dist_info), a_min, a_max)
+        # a per-image baseline (rloo, group_mean, greedy) comes with the batch (forward's baseline_values)
+        self.per_image_baseline = baseline in PER_IMAGE_BASELINES and critic is None
+        self.a_min, self.a_max = float(a_min), float(a_max)
+        self.advantage = (
+            None if critic is not None or self.per_image_baseline
+            else EMABaselineAdvantage(make_baseline(baseline, tau, dist_info), a_min, a_max)
+        )
         # borrows the loss's critic (registered there): kept out of the module tree to avoid a second copy
         object.__setattr__(self, "_critic_advantage", None if critic is None else CriticAdvantage(critic, a_min, a_max))
         self.reference = (
-            EMAReferencePolicy(policy, eta, reduction, action_mode) if algo == "latent_ppo" else None
+            EMAReferencePolicy(policy, eta, reduction, action_mode) if algo in REFERENCE_ALGOS else None
         )
 
         # Probe the current policy's (loc, scale) as the loss computes them, for the diagnostics.
@@ -157,8 +165,14 @@ class PolicyObjective(nn.Module):
         reward: torch.Tensor,
         behaviour_loc: torch.Tensor,
         behaviour_scale: torch.Tensor,
+        baseline_values: torch.Tensor | None = None,
+        advantage: torch.Tensor | None = None,
     ) -> TensorDict:
-        """The TensorDict (batch [B]) the algorithm's loss reads, with advantage (and reference) filled in."""
+        """The TensorDict (batch [B]) the algorithm's loss reads, with advantage (and reference) filled in.
+
+        ``baseline_values`` (B,): each row's baseline, for a per-image baseline (``rloo``, ``group_mean``,
+        ``greedy``): A = clamp(r - b_row, a_min, a_max).
+        """
         z, action, reward = z.detach(), action.detach(), reward.detach()
         behaviour_loc, behaviour_scale = behaviour_loc.detach(), behaviour_scale.detach()
         self._check_inputs(z, action, reward, behaviour_loc, behaviour_scale)
@@ -166,14 +180,27 @@ class PolicyObjective(nn.Module):
         td = TensorDict(
             {"observation": z, "action": action, "reward": reward.float().reshape(b, 1)}, batch_size=[b]
         )
-        if self._critic_advantage is not None:
+        if advantage is not None:  # a later PPO epoch over the same batch: the first epoch's advantages, b untouched
+            td.set("advantage", advantage.detach().float().reshape(b, 1))
+            if self._critic_advantage is not None:
+                td.set("value_target", td["reward"])
+        elif self._critic_advantage is not None:
             self._critic_advantage(td)  # state_value, advantage = clamp(r - V(z)), value_target = r
+        elif self.per_image_baseline:
+            if baseline_values is None or tuple(baseline_values.shape) != (b,):
+                raise ValueError(f"a per-image baseline needs baseline_values of shape ({b},)")
+            td.set("baseline_value", baseline_values.detach().float().reshape(b, 1))
+            td.set("advantage", (td["reward"] - td["baseline_value"]).clamp(self.a_min, self.a_max))  # Eq. 17-18
         else:
             self.advantage(td)  # advantage = clamp(r - b), Eq. 16-18
-        if self.algo == "latent_ppo":
+        if self.algo in REFERENCE_ALGOS:
             self.reference.ema.module.train(self.policy.training)  # evaluate pi_ref like pi_phi
             self.reference(td)  # ref_loc, ref_scale, log pi_ref(s) under LOG_PROB_KEY (Eq. 4)
-        else:
+        if self.algo == "ppo_ewma":  # PPO-EWMA: the ratio against the behaviour policy, the KL against pi_ref
+            behaviour = self._behaviour(z, behaviour_loc, behaviour_scale)
+            with torch.no_grad():
+                td.set(LOG_PROB_KEY, behaviour.log_prob(action))  # log pi_behaviour(s) (B,)
+        elif self.algo != "latent_ppo":
             behaviour = self._behaviour(z, behaviour_loc, behaviour_scale)
             td.set("behaviour_loc", behaviour.loc)
             td.set("behaviour_scale", behaviour.scale)
@@ -194,12 +221,16 @@ class PolicyObjective(nn.Module):
         behaviour_scale: torch.Tensor,
         *,
         current: tuple[torch.Tensor, torch.Tensor] | None = None,
+        baseline_values: torch.Tensor | None = None,
+        advantage: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """One batch: z (B, d, h, w), action (B, d, h, w) or (B, d), reward (B,), behaviour_loc/scale (B, d).
 
         ``current``: the policy's (loc, scale) (B, d) on these latents *with their graph*, when the caller already
         ran the policy in this step (the co-trainer does, to sample the action): the loss then reads them instead of
-        running the policy a second time.  Without it the loss runs the policy itself.
+        running the policy a second time.  Without it the loss runs the policy itself.  ``baseline_values`` (B,):
+        each row's per-image baseline.  ``advantage`` (B,): use these advantages as they are (a later PPO epoch
+        over the same batch; the baseline is not updated again), see ``last_advantage``.
 
         Returns ``loss_policy``, ``loss_kl`` (times lambda_kl), ``loss_critic``, ``loss_entropy`` (0-d, with
         graph; zeros where the algorithm has no such term) and detached 0-d float32 diagnostics ``ratio``,
@@ -207,7 +238,8 @@ class PolicyObjective(nn.Module):
         ``log_ratio_max``, ``nonfinite_ratio``.  All inputs are detached here: only the policy (and the
         critic) get gradients.
         """
-        td = self.build_tensordict(z, action, reward, behaviour_loc, behaviour_scale)
+        td = self.build_tensordict(z, action, reward, behaviour_loc, behaviour_scale, baseline_values, advantage)
+        self.last_advantage = td["advantage"].detach()  # (B, 1): what later PPO epochs over this batch reuse
         self._current = None
         reuse = self._params_module.reuse(*current) if current is not None else contextlib.nullcontext()
         with reuse:
@@ -226,7 +258,7 @@ class PolicyObjective(nn.Module):
     def _diagnostics(self, td: TensorDict, out: TensorDict) -> dict[str, torch.Tensor]:
         wanted = ("ratio", "clip_fraction", "kl", "approx_kl", "entropy", "log_ratio_max", "nonfinite_ratio")
         diag: dict[str, torch.Tensor] = {}
-        if self.algo == "latent_ppo":  # LatentPPOLoss reports them all
+        if self.algo in REFERENCE_ALGOS:  # LatentPPOLoss reports them all
             diag = {k: out[k].detach().float() for k in wanted}
         else:  # from the current parameters the loss just computed, against the behaviour policy
             if self._current is None:
@@ -243,6 +275,8 @@ class PolicyObjective(nn.Module):
             diag = {k: diag[k] for k in wanted}
         if self._critic_advantage is not None:
             diag["baseline"] = td["state_value"].float().mean()
+        elif self.per_image_baseline:
+            diag["baseline"] = td["baseline_value"].float().mean()
         else:
             diag["baseline"] = self.advantage.baseline.value.detach().float().clone()
         diag["advantage"] = td["advantage"].float().mean()
@@ -267,4 +301,4 @@ def _fill_policy_state(module: nn.Module, state_dict: dict, prefix: str, *args) 
         state_dict.setdefault(prefix + _ACTOR_PREFIX + name, tensor)
 
 
-__all__ = ["PolicyObjective"]
+__all__ = ["REFERENCE_ALGOS", "PolicyObjective"]

@@ -51,6 +51,7 @@ from agents.config import TrainConfig
 from agents.cotraining import LOSS_KEYS, OBJECTIVE_DIAGNOSTICS, CoTrainingLoss
 from agents.distributed import convert_sync_batchnorm
 from envs.transition import BanditTransition
+from segbandit.baselines import PER_IMAGE_BASELINES, per_image_baseline
 from segbandit.constants import IGNORE_INDEX
 from segbandit.distributed import (
     SINGLE,
@@ -294,6 +295,7 @@ class CoTrainer:
             class_weight=class_weight, dist_info=self.dist,
         )  # Eq. 6  # fmt: skip
         self._use_aux = cfg.aux_weight > 0 and getattr(segmentor, "aux_classifier", None) is not None
+        self._epoch_batch: dict[str, torch.Tensor] | None = None  # the batch later PPO epochs re-read
         self.iteration = 0  # completed (attempted) iterations
         self.nonfinite_streak = 0
         self.skipped_iterations: list[int] = []
@@ -363,6 +365,8 @@ class CoTrainer:
             aux_loss=cfg.aux_weight > 0,
             attn_dim=cfg.attn_dim,
             num_heads=cfg.num_heads,
+            signal_norm=cfg.signal_norm,
+            alpha_init=cfg.alpha_init,
         )
         policy = LatentPolicy(
             segmentor.latent_channels,
@@ -420,15 +424,24 @@ class CoTrainer:
         return self._step_module(images, masks)
 
     def _act(
-        self, z: torch.Tensor, deterministic: bool, generator: torch.Generator | None, shard: tuple[int, int] | None = None
+        self,
+        z: torch.Tensor,
+        deterministic: bool,
+        generator: torch.Generator | None,
+        shard: tuple[int, int] | None = None,
+        samples: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mu, log_std (B, d), action) for detached float latents z (B, d, h, w): the policy's one run of the step."""
+        """(mu, log_std (B, d), action) for detached float latents z (B, d, h, w): the policy's one run of the step.
+
+        ``samples`` = K draws per image, stacked sample-major: action (K * B, d[, h, w]), rows k * B + b.
+        """
         mu, log_std = self.policy(z)  # (B, d) each, float32, Eq. 7-10
         spatial = tuple(z.shape[-2:]) if self.cfg.action_mode == "dense" else None
         if deterministic:  # s = mu
             action = mu if spatial is None else mu[:, :, None, None].expand(-1, -1, *spatial)
         else:
-            action = sample_action(mu, log_std, spatial, generator=generator, shard=shard)  # Eq. 11, reparameterised
+            loc, log_scale = (mu, log_std) if samples == 1 else (mu.repeat(samples, 1), log_std.repeat(samples, 1))
+            action = sample_action(loc, log_scale, spatial, generator=generator, shard=shard)  # Eq. 11, reparameterised
         return mu, log_std, action
 
     def rollout(
@@ -440,6 +453,8 @@ class CoTrainer:
         generator: torch.Generator | None = None,
         segmentor_grad: bool = True,
         aux: bool = False,
+        samples: int = 1,
+        greedy: bool = False,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One round of the bandit on a batch, as the environment plays it, with the graph a co-training step needs.
 
@@ -449,21 +464,40 @@ class CoTrainer:
         (B,) and ``reward_<term>`` (B,).  Noise from ``generator`` (the trainer's action generator when None) for
         this rank's rows of the global batch; ``segmentor_grad=False`` runs the segmentor without graph (a frozen
         environment), the policy always with it (unless the caller is under ``torch.no_grad``).
+
+        ``samples`` = K > 1 draws K actions per image; only the modulation and the decoder re-run for the K - 1
+        extra ones (without graph).  ``observation``, ``loc``, ``scale``, ``action`` and ``reward`` then hold the
+        K * B rows of the policy's batch (sample-major), ``logits`` / ``mask`` / ``reward_<term>`` the first sample's
+        B images (CE and the logged terms).  ``greedy`` also scores s = mu (``reward_greedy`` (B,), no graph).
         """
         grad = contextlib.nullcontext() if segmentor_grad else torch.no_grad()
         with grad:
             feats = self.transition.encode(images)
         z = feats["out"]  # (B, d, h, w)
+        b = z.shape[0]
         obs = z.detach().float()  # the policy never sends gradient into the encoder
         own_noise = generator is None
         mu, log_std, action = self._act(
             obs, deterministic, self.generator if own_noise else generator,
-            (self.dist.rank, self.dist.world_size) if own_noise else None,
+            (self.dist.rank, self.dist.world_size) if own_noise else None, samples if not deterministic else 1,
         )  # fmt: skip
         with grad:
-            out = self.transition.score(z, action, masks, feats.get("aux") if aux else None)  # Eq. 15
+            out = self.transition.score(z, action[:b], masks, feats.get("aux") if aux else None)  # Eq. 15
         finite = out.pop("finite")
-        step = {"observation": obs, "loc": mu, "scale": log_std.exp(), "action": action, "mask": masks, **out}
+        scale = log_std.exp()
+        step = {"observation": obs, "loc": mu, "scale": scale, "action": action, "mask": masks, **out}
+        if action.shape[0] > b:  # the other K - 1 samples: modulation + decoder only, no graph
+            k = action.shape[0] // b
+            with torch.no_grad():
+                rest = self.transition.score(z.detach().repeat(k - 1, 1, 1, 1), action[b:].detach(),
+                                             masks.repeat(k - 1, 1, 1))  # fmt: skip
+            finite = finite & rest["finite"]
+            step.update(observation=obs.repeat(k, 1, 1, 1), loc=mu.repeat(k, 1), scale=scale.repeat(k, 1),
+                        reward=torch.cat([out["reward"], rest["reward"]]))  # fmt: skip
+        if greedy:
+            with torch.no_grad():
+                mean_action = mu.detach() if action.dim() == 2 else mu.detach()[:, :, None, None].expand_as(action[:b])
+                step["reward_greedy"] = self.transition.score(z.detach(), mean_action, masks)["reward"]  # r(x, s = mu)
         return step, finite
 
     def _compute_losses(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, Any]]:
@@ -472,11 +506,20 @@ class CoTrainer:
         use_ce, use_rl = phase in ("joint", "sft"), phase in ("joint", "rl")
         self.segmentor.train(use_ce)  # CE off: the segmentor is the frozen environment (eval mode, no gradient)
         self.policy.train()
+        per_image = self.cfg.baseline in PER_IMAGE_BASELINES and use_rl
         step, finite = self.rollout(
-            images, masks, deterministic=phase == "sft", segmentor_grad=use_ce, aux=use_ce and self._use_aux
+            images, masks, deterministic=phase == "sft", segmentor_grad=use_ce, aux=use_ce and self._use_aux,
+            samples=self.cfg.action_samples if use_rl else 1, greedy=per_image and self.cfg.baseline == "greedy",
         )  # the SFT phase feeds s = mu (see the module docstring)
         stats: dict[str, Any] = {"phase": phase}
         r_stats = {f"reward_{k}": step[f"reward_{k}" if k != "total" else "reward"].mean() for k in REWARD_TERMS}
+        rewards = step["reward"].detach().reshape(-1, images.shape[0])  # (K, B)
+        r_stats["reward_std_actions"] = r_stats["reward_std_images"] = torch.full((), math.nan)
+        if rewards.shape[0] > 1:  # how much of the reward the action explains, against the image
+            r_stats["reward_std_actions"] = rewards.std(0).mean()
+            r_stats["reward_std_images"] = rewards.mean(0).std() if rewards.shape[1] > 1 else torch.zeros(())
+        if per_image:  # Eq. 16 replaced by each image's own baseline (RLOO / group mean / greedy action)
+            step["baseline_value"] = per_image_baseline(self.cfg.baseline, rewards, step.get("reward_greedy")).reshape(-1)
         reason = None
         if not bool(finite):
             reason = "non-finite logits"
@@ -490,7 +533,47 @@ class CoTrainer:
         if reason is not None:
             stats["reason"] = reason
         terms = self.loss(step, ce=use_ce, rl=use_rl)  # Eq. 6: weighted loss_* terms and their sum
+        if use_rl and self.cfg.ppo_epochs > 1:  # what the later PPO epochs over this batch read (no graph)
+            self._epoch_batch = {k: step[k].detach() for k in ("observation", "action", "reward", "loc", "scale")}
+            self._epoch_batch["advantage"] = self.objective.last_advantage
+            self._epoch_batch["latents"] = step["observation"][: images.shape[0]].detach()  # (B, d, h, w), once each
         return terms["loss"], {**stats, **_floats({**terms, **r_stats})}
+
+    def _policy_epochs(self) -> dict[str, float]:
+        """PPO epochs 2..E over the batch just trained on: only the policy (and a critic) learn.
+
+        Each epoch runs the policy on the stored latents and takes ``lambda_P L_Policy + L_KL`` with the first
+        epoch's advantages; with ``algo="ppo_ewma"`` the ratio is against the behaviour policy that sampled the
+        actions and the KL against the EMA reference (decoupled PPO-EWMA), with ``latent_ppo`` both against the
+        reference.  Parameters without gradient (the segmentor) are not stepped.  Returns the last epoch's ratio and
+        clip fraction; a non-finite epoch stops the epochs without being applied.
+        """
+        batch, self._epoch_batch = self._epoch_batch, None
+        out = {"ratio_final": math.nan, "clip_fraction_final": math.nan}
+        policy_params = [p for p in self.policy.parameters() if p.requires_grad]
+        if self.objective.critic is not None:
+            policy_params += [p for p in self.objective.critic.parameters() if p.requires_grad]
+        for _ in range(self.cfg.ppo_epochs - 1):
+            self.optimizer.zero_grad(set_to_none=True)
+            mu, log_std = self.policy(batch["latents"])  # (B, d) each: one policy run per epoch
+            k = batch["loc"].shape[0] // mu.shape[0]  # action samples per image
+            loc, scale = mu.repeat(k, 1), log_std.exp().repeat(k, 1)  # (K * B, d) with graph
+            pol = self.objective(batch["observation"], batch["action"], batch["reward"], batch["loc"], batch["scale"],
+                                 current=(loc, scale), advantage=batch["advantage"])  # fmt: skip
+            loss = self.cfg.lambda_policy * pol["loss_policy"] + pol["loss_kl"] + pol["loss_critic"] + pol["loss_entropy"]
+            if not bool(torch.isfinite(loss.detach())):
+                break
+            loss.backward()
+            for p in policy_params:  # DDP averages only the wrapped step's gradients: these by hand
+                if p.grad is not None and self.dist.enabled:
+                    p.grad = all_reduce_sum(p.grad, self.dist) / self.dist.world_size
+            clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
+            if not math.isfinite(float(torch.nn.utils.clip_grad_norm_(policy_params, clip))):
+                break
+            self.optimizer.step()  # only parameters with a gradient move (torch optimisers skip grad None)
+            out = {"ratio_final": float(pol["ratio"]), "clip_fraction_final": float(pol["clip_fraction"])}
+        self.optimizer.zero_grad(set_to_none=True)
+        return out
 
     def backward_only(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, Any]:
         """Zero the gradients, compute the batch loss and backpropagate it, without stepping (for inspection)."""
@@ -541,9 +624,12 @@ class CoTrainer:
             stats, any_bad = self._agree(stats, reason is not None)
             if any_bad and reason is None:
                 reason = "non-finite step on another rank"
+        epochs = {"ratio_final": math.nan, "clip_fraction_final": math.nan}
         if reason is None:
             self.optimizer.step()
             self.nonfinite_streak = 0
+            if self._epoch_batch is not None:
+                epochs = self._policy_epochs()  # PPO epochs 2..E over the same batch
         else:
             self.optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
@@ -570,7 +656,8 @@ class CoTrainer:
         if reason is None:
             self.objective.after_step()  # Eq. 19: pi_ref <- eta pi_ref + (1 - eta) pi_phi
         self.iteration = iteration
-        stats.update(grad_norm=grad_norm, lr=lr, skipped=0.0 if reason is None else 1.0, iteration=iteration)
+        self._epoch_batch = None
+        stats.update(grad_norm=grad_norm, lr=lr, skipped=0.0 if reason is None else 1.0, iteration=iteration, **epochs)
         if reason is not None:
             stats["skip_reason"] = reason
         return stats

@@ -81,6 +81,35 @@ class ZeroBaseline(Baseline):
 BASELINES: dict[str, type[Baseline]] = {"ema": EMABaseline, "batch_mean": BatchMeanBaseline, "zero": ZeroBaseline}
 
 
+# Baselines per image, from K action samples of the same image (RLOO / GRPO) or from its greedy action s = mu.
+PER_IMAGE_BASELINES: tuple[str, ...] = ("rloo", "group_mean", "greedy")
+
+
+def per_image_baseline(name: str, rewards: torch.Tensor, greedy: torch.Tensor | None = None) -> torch.Tensor:
+    """The baseline of every sample, (K, B), for rewards (K, B) of K actions on each of B images.
+
+    ``rloo``: the mean reward of the image's *other* K - 1 samples (leave-one-out, unbiased; K >= 2);
+    ``group_mean``: the mean over the image's K samples (GRPO without the std scaling; K >= 2);
+    ``greedy``: the reward ``greedy`` (B,) of the image's mean action s = mu (self-critical baseline).
+    """
+    if name not in PER_IMAGE_BASELINES:
+        raise ValueError(f"unknown per-image baseline {name!r}; valid names: {', '.join(PER_IMAGE_BASELINES)}")
+    if rewards.dim() != 2:
+        raise ValueError(f"expected rewards of shape (K, B), got {tuple(rewards.shape)}")
+    k = rewards.shape[0]
+    r = rewards.float()
+    if name == "greedy":
+        if greedy is None or tuple(greedy.shape) != (rewards.shape[1],):
+            raise ValueError(f"the greedy baseline needs greedy rewards of shape ({rewards.shape[1]},)")
+        return greedy.float().expand_as(r)
+    if k < 2:
+        raise ValueError(f"the {name} baseline needs K >= 2 samples per image, got K = {k}")
+    total = r.sum(0, keepdim=True)  # (1, B)
+    if name == "rloo":
+        return (total - r) / (k - 1)  # (K, B)
+    return (total / k).expand_as(r)
+
+
 def make_baseline(name: str, tau: float = 0.9, dist_info: DistInfo = SINGLE) -> Baseline:
     """Build a baseline by name: ``ema`` (ours, with momentum ``tau``), ``batch_mean`` or ``zero``."""
     if name not in BASELINES:
@@ -88,4 +117,7 @@ def make_baseline(name: str, tau: float = 0.9, dist_info: DistInfo = SINGLE) -> 
     return EMABaseline(tau, dist_info) if name == "ema" else BASELINES[name](dist_info)
 
 
-__all__ = ["BASELINES", "Baseline", "BatchMeanBaseline", "EMABaseline", "ZeroBaseline", "make_baseline"]
+__all__ = [
+    "BASELINES", "PER_IMAGE_BASELINES", "Baseline", "BatchMeanBaseline", "EMABaseline", "ZeroBaseline", "make_baseline",
+    "per_image_baseline",
+]  # fmt: skip

@@ -228,6 +228,7 @@ class Segmentor(nn.Module):
         latent_channels: int,
         aux_classifier: Optional[nn.Module] = None,
         modulation: str = "attention",
+        alpha_init: float = 1.0,
         **modulation_kw,
     ) -> None:
         super().__init__()
@@ -237,7 +238,7 @@ class Segmentor(nn.Module):
         self.backbone = backbone
         self.modulation = make_modulation(modulation, latent_channels, **modulation_kw)
         if self.modulation is not None:
-            self.alpha = nn.Parameter(torch.tensor(1.0))  # learnable scale on z_mod (Sec. 3.2)
+            self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))  # learnable scale on z_mod (Sec. 3.2; 1 here)
             widen_head_input(classifier, latent_channels, 2 * latent_channels)
         else:
             self.alpha = None
@@ -310,10 +311,13 @@ def build_segmentor(
     aux_loss: bool = True,
     attn_dim: Optional[int] = None,
     num_heads: int = 8,
+    signal_norm: str = "batch",
+    alpha_init: float = 1.0,
 ) -> Segmentor:
     """Build segmentor ``name`` (see ``SEGMENTORS``) for ``num_classes`` classes with the given modulation.
 
-    ``attn_dim`` / ``num_heads`` configure the attention modulations and are ignored by the others.
+    ``attn_dim`` / ``num_heads`` / ``signal_norm`` configure the attention modulations and are ignored by the
+    others; ``alpha_init`` is the initial scale on the modulated latent (1; 0 starts as the plain model).
     ``pretrained_backbone=True`` loads ImageNet backbone weights through torchvision's weights API.
     """
     if name not in SEGMENTORS:
@@ -322,7 +326,9 @@ def build_segmentor(
         raise ValueError(f"unknown modulation {modulation!r}; valid names: {', '.join(MODULATION_NAMES)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    kw = {"attn_dim": attn_dim, "num_heads": num_heads} if modulation in ("attention", "self_attention") else {}
+    kw: dict = {"attn_dim": attn_dim, "num_heads": num_heads} if modulation in ("attention", "self_attention") else {}
+    if modulation == "attention":
+        kw["signal_norm"] = signal_norm
     parts = SEGMENTORS[name](num_classes, pretrained_backbone, aux_loss)
     return Segmentor(
         parts.backbone,
@@ -331,5 +337,6 @@ def build_segmentor(
         parts.latent_channels,
         aux_classifier=parts.aux_classifier,
         modulation=modulation,
+        alpha_init=alpha_init,
         **kw,
     )

@@ -22,7 +22,9 @@ __all__ = [
     "ConcatModulation",
     "MODULATIONS",
     "MODULATION_NAMES",
+    "SIGNAL_NORMS",
     "make_modulation",
+    "signal_projection",
     "needs_signal",
 ]
 
@@ -58,15 +60,45 @@ class Modulation(nn.Module):
         return z, _signal_or_zeros(z, s)
 
 
+SIGNAL_NORMS: tuple[str, ...] = ("batch", "group", "none")
+
+
+def signal_projection(channels: int, norm: str = "batch") -> nn.Sequential:
+    """``s' = ReLU(N(Conv1x1(s)))`` (Eq. 13), N = BatchNorm (the paper), GroupNorm, or none.
+
+    In training the batch-norm sees sampled signals ``s = mu + sigma * eps`` and normalises them to unit scale
+    whatever sigma is, while evaluation feeds ``s = mu`` through the running statistics: the decoder then reads a
+    signal of another scale than it was trained on.  ``"group"`` (8 groups, or 1 when ``d`` is not a multiple of 8)
+    normalises each image by its own statistics in training and evaluation alike; ``"none"`` keeps the action's
+    scale as it is (the conv then has a bias).
+    """
+    if norm not in SIGNAL_NORMS:
+        raise ValueError(f"unknown signal_norm {norm!r}; valid names: {', '.join(SIGNAL_NORMS)}")
+    conv = nn.Conv2d(channels, channels, kernel_size=1, bias=norm == "none")
+    if norm == "batch":
+        return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU())
+    if norm == "group":
+        return nn.Sequential(conv, nn.GroupNorm(8 if channels % 8 == 0 else 1, channels), nn.ReLU())
+    return nn.Sequential(conv, nn.ReLU())
+
+
 class AttentionModulation(Modulation):
     """Policy-conditioned attention: ``m = MHA(z - s', z, z)`` with ``s' = ReLU(BN(Conv1x1(s)))`` (Eq. 13-14).
 
     Tokens are the ``h*w`` positions, each a ``d``-vector. ``q/k/v`` project ``d -> attn_dim``
     (``attn_dim=None`` means ``d``, the paper), split into ``num_heads`` heads, attend with
-    ``scaled_dot_product_attention``, and ``out_proj`` maps ``attn_dim -> d``.
+    ``scaled_dot_product_attention``, and ``out_proj`` maps ``attn_dim -> d``.  ``signal_norm`` replaces Eq. 13's
+    batch-norm (:func:`signal_projection`).
     """
 
-    def __init__(self, channels: int, attn_dim: Optional[int] = None, num_heads: int = 8, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        attn_dim: Optional[int] = None,
+        num_heads: int = 8,
+        dropout: float = 0.0,
+        signal_norm: str = "batch",
+    ) -> None:
         super().__init__(channels)
         attn_dim = channels if attn_dim is None else attn_dim
         if num_heads < 1 or attn_dim < 1 or attn_dim % num_heads != 0:
@@ -76,11 +108,8 @@ class AttentionModulation(Modulation):
         self.attn_dim = attn_dim
         self.num_heads = num_heads
         self.dropout = dropout
-        self.signal_proj = nn.Sequential(  # Eq. 13: B(s) = ReLU(BN(Conv(s)))
-            nn.Conv2d(channels, channels, kernel_size=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(),
-        )
+        self.signal_norm = signal_norm
+        self.signal_proj = signal_projection(channels, signal_norm)  # Eq. 13: B(s) = ReLU(BN(Conv(s)))
         self.q_proj = nn.Linear(channels, attn_dim)
         self.k_proj = nn.Linear(channels, attn_dim)
         self.v_proj = nn.Linear(channels, attn_dim)

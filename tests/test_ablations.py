@@ -78,9 +78,12 @@ def test_two_iteration_one_seed_two_row_run_writes_table_json_and_plot(tmp_path,
 
     summary = json.loads((cache / "summary.json").read_text())
     assert summary["tables"][tiny_table]["rows"][0]["per_seed"]["0"] == pytest.approx(rows[0]["mean"])
-    assert len(list(cache.glob("*.json"))) == 3  # two runs + the summary
+    assert len(list(cache.glob("*.json"))) == 4  # two runs, the summary, the chunk log
+    chunks = json.loads((cache / "chunks.json").read_text())
+    assert [(c["tables"], c["trained"]) for c in chunks] == [([tiny_table], 2)]  # how long each sitting took
 
     capsys.readouterr()
     again = abl.main(argv)  # a second invocation trains nothing: both runs come from the cache
     assert "0 to train" in capsys.readouterr().out
+    assert len(json.loads((cache / "chunks.json").read_text())) == 1  # a sitting that trains nothing is not logged
     assert again["tables"][tiny_table]["rows"][0]["per_seed"] == rows[0]["per_seed"]

@@ -99,3 +99,15 @@ def test_ema_reference_state_dict_round_trip():
     other = EMAReference(_net(), eta=0.9)
     other.load_state_dict(ref.state_dict())
     assert torch.equal(other.module[0].weight, ref.module[0].weight)
+
+
+def test_rloo_baseline_is_the_mean_of_the_other_samples_of_the_same_image():
+    from segbandit.baselines import per_image_baseline
+
+    r = torch.tensor([[1.0, 0.0], [2.0, 4.0], [3.0, 8.0]])  # (K=3, B=2)
+    torch.testing.assert_close(per_image_baseline("rloo", r), torch.tensor([[2.5, 6.0], [2.0, 4.0], [1.5, 2.0]]))
+    torch.testing.assert_close(per_image_baseline("group_mean", r), torch.tensor([[2.0, 4.0]] * 3))
+    greedy = torch.tensor([0.5, 1.5])
+    torch.testing.assert_close(per_image_baseline("greedy", r, greedy), greedy.expand(3, 2))
+    with pytest.raises(ValueError, match="K >= 2"):
+        per_image_baseline("rloo", r[:1])

@@ -444,3 +444,60 @@ def test_cotraining_loss_returns_weighted_terms_that_sum_to_the_loss():
     torch.testing.assert_close(b["loss_kl"], a["loss_kl"])  # lambda_KL (1 in both) is the TorchRL loss's coefficient
     parts = ("loss_ce", "loss_aux", "loss_policy", "loss_kl", "loss_critic", "loss_entropy")
     torch.testing.assert_close(b["loss"], sum(b[k] for k in parts))
+
+
+@pytest.mark.parametrize("baseline", ["rloo", "group_mean", "greedy"])
+def test_a_per_image_baseline_scores_k_actions_per_image_with_one_policy_run(baseline):
+    trainer = CoTrainer.from_config(tiny_cfg(baseline=baseline, action_samples=3), K)
+    calls = []
+    trainer.policy.register_forward_hook(lambda *_: calls.append(1))
+    stats = trainer.train_step(*toy_batch())
+    assert len(calls) == 1 and stats["skipped"] == 0.0 and math.isfinite(stats["loss_policy"])
+    assert stats["reward_std_actions"] >= 0.0 and stats["reward_std_images"] >= 0.0
+
+
+def test_the_group_baselines_refuse_a_single_action_per_image():
+    with pytest.raises(ValueError, match="action_samples >= 2"):
+        tiny_cfg(baseline="rloo", action_samples=1)
+
+
+@pytest.mark.parametrize("norm", ["group", "none"])
+def test_the_signal_path_can_keep_the_actions_scale_and_alpha_can_start_at_zero(norm):
+    trainer = CoTrainer.from_config(tiny_cfg(signal_norm=norm, alpha_init=0.0), K)
+    proj = trainer.segmentor.modulation.signal_proj
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in proj.modules())
+    assert float(trainer.segmentor.alpha.detach()) == 0.0
+    assert trainer.train_step(*toy_batch())["skipped"] == 0.0
+
+
+def test_ppo_ewma_epochs_move_only_the_policy_and_make_the_clip_act():
+    x, y = toy_batch()
+    one, four = (CoTrainer.from_config(tiny_cfg(algo="ppo_ewma", ppo_epochs=e, policy_lr=0.5, clip_eps=0.01), K)
+                 for e in (1, 4))  # fmt: skip
+    calls = []
+    four.policy.register_forward_hook(lambda *_: calls.append(1))
+    for trainer in (one, four):
+        torch.manual_seed(0)
+        stats = trainer.train_step(x, y)
+    assert len(calls) == 4  # the joint step's policy run, then one per later epoch
+    assert stats["clip_fraction_final"] > 0.0  # later epochs move the ratio against the behaviour policy
+    for name, p in params_of(one.segmentor).items():  # the later epochs never touch the segmentor
+        assert torch.equal(p, params_of(four.segmentor)[name]), name
+    assert any(not torch.equal(p, params_of(four.policy)[n]) for n, p in params_of(one.policy).items())
+
+
+def test_policy_diagnostics_measure_reward_spread_and_gradients_without_changing_the_run():
+    from agents.diagnostics import policy_diagnostics
+
+    trainer = CoTrainer.from_config(tiny_cfg(), K)
+    x, y = toy_batch()
+    trainer.train_step(x, y)
+    state = copy.deepcopy(trainer.state_dict())
+    diag = policy_diagnostics(trainer, x, y, draws=4)
+    assert diag["reward_std_actions"] >= 0.0 and diag["reward_std_images"] >= 0.0
+    assert diag["grad_norm_policy_kl"] >= 0.0 and diag["grad_norm_policy_ce"] > 0.0  # CE reaches pi through s
+    after = trainer.state_dict()
+    for part in ("segmentor", "policy", "objective"):
+        for name, value in state[part].items():
+            assert torch.equal(value, after[part][name]), (part, name)
+    assert torch.equal(state["rng"]["generators"]["action"], after["rng"]["generators"]["action"])
