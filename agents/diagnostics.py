@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from agents.trainer import CoTrainer
+from segbandit.baselines import PER_IMAGE_BASELINES
 
 GRAD_TERMS: tuple[str, ...] = ("loss_ce", "loss_policy", "loss_kl")
 
@@ -44,7 +45,11 @@ def policy_diagnostics(trainer: CoTrainer, images: torch.Tensor, masks: torch.Te
         # the gradient each term sends to the policy, in training mode as a step computes it
         trainer.segmentor.train()
         trainer.policy.train()
-        step, _ = trainer.rollout(images, masks, generator=gen, aux=False)
+        per_image = trainer.cfg.baseline in PER_IMAGE_BASELINES
+        step, _ = trainer.rollout(images, masks, generator=gen, aux=False, samples=trainer.cfg.action_samples,
+                                  greedy=per_image and trainer.cfg.baseline == "greedy")  # fmt: skip
+        if per_image:
+            trainer.add_per_image_baseline(step, images.shape[0])
         terms = trainer.loss(step)
         params = [p for p in trainer.policy.parameters() if p.requires_grad]
         for name in GRAD_TERMS:

@@ -500,6 +500,11 @@ class CoTrainer:
                 step["reward_greedy"] = self.transition.score(z.detach(), mean_action, masks)["reward"]  # r(x, s = mu)
         return step, finite
 
+    def add_per_image_baseline(self, step: dict[str, torch.Tensor], num_images: int) -> None:
+        """Eq. 16 replaced by each image's own baseline (RLOO / group mean / greedy action): ``baseline_value``."""
+        rewards = step["reward"].detach().reshape(-1, num_images)  # (K, B)
+        step["baseline_value"] = per_image_baseline(self.cfg.baseline, rewards, step.get("reward_greedy")).reshape(-1)
+
     def _compute_losses(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, Any]]:
         distributed = self.dist.enabled
         phase = self.phase()
@@ -518,8 +523,8 @@ class CoTrainer:
         if rewards.shape[0] > 1:  # how much of the reward the action explains, against the image
             r_stats["reward_std_actions"] = rewards.std(0).mean()
             r_stats["reward_std_images"] = rewards.mean(0).std() if rewards.shape[1] > 1 else torch.zeros(())
-        if per_image:  # Eq. 16 replaced by each image's own baseline (RLOO / group mean / greedy action)
-            step["baseline_value"] = per_image_baseline(self.cfg.baseline, rewards, step.get("reward_greedy")).reshape(-1)
+        if per_image:
+            self.add_per_image_baseline(step, images.shape[0])
         reason = None
         if not bool(finite):
             reason = "non-finite logits"

@@ -267,8 +267,8 @@ def test_out_where_no_folder_can_be_made_is_one_line_and_exit_2_leaving_nothing(
     assert "--out /proc/segbandit-run/out: cannot write there" in line
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without CUDA")
-def test_device_cuda_without_one_is_one_line_and_exit_2_before_any_work(tmp_path, capsys):
+def test_device_cuda_without_one_is_one_line_and_exit_2_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without CUDA, also on a GPU host
     out = tmp_path / "never"
     line = _argparse_line([*TINY, "--device", "cuda", "--out", str(out)], capsys)
     assert "--device cuda: CUDA is not available here" in line and not out.exists()

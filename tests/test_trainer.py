@@ -486,10 +486,11 @@ def test_ppo_ewma_epochs_move_only_the_policy_and_make_the_clip_act():
     assert any(not torch.equal(p, params_of(four.policy)[n]) for n, p in params_of(one.policy).items())
 
 
-def test_policy_diagnostics_measure_reward_spread_and_gradients_without_changing_the_run():
+@pytest.mark.parametrize("overrides", [{}, {"baseline": "rloo", "action_samples": 3}, {"baseline": "greedy"}])
+def test_policy_diagnostics_measure_reward_spread_and_gradients_without_changing_the_run(overrides):
     from agents.diagnostics import policy_diagnostics
 
-    trainer = CoTrainer.from_config(tiny_cfg(), K)
+    trainer = CoTrainer.from_config(tiny_cfg(**overrides), K)
     x, y = toy_batch()
     trainer.train_step(x, y)
     state = copy.deepcopy(trainer.state_dict())
