@@ -18,12 +18,13 @@ from typing import Any
 
 from agents.atomic import atomic_write
 from segbandit.modulation import SIGNAL_NORMS
-from segbandit.policy import ACTION_MODES
+from agents.losses import RATIO_CLIPS
+from segbandit.policy import ACTION_MODES, REDUCTIONS
 
 SCHEDULES: tuple[str, ...] = ("joint", "sft_then_rl", "rl_only")  # Table 1
 DATASET_NAMES: tuple[str, ...] = ("digits", "voc")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
-LOGPROB_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
+LOGPROB_REDUCTIONS: tuple[str, ...] = REDUCTIONS  # segbandit.policy's, under the name the flags use
 MIN_CROP_SIZE = 16  # DigitScenes' smallest scene; a stride-8 segmentor then still has a 2 x 2 latent
 
 # The argument groups of the main job's --help, in display order (agents.cli builds one group per name).
@@ -173,6 +174,8 @@ class TrainConfig:
                              group="RL objective")
     clip_eps: float = _knob(0.2, "PPO clip epsilon (Eq. 4; PPO's usual value, the paper does not state it)",
                             group="RL objective")
+    ratio_clip: str = _knob("action", "PPO clip on the ratio of the whole action (Eq. 4, the paper) or on each action "
+                                      "element's ratio (element)", group="RL objective", choices=RATIO_CLIPS)
     tau: float = _knob(0.9, "EMA baseline momentum (Eq. 16; not stated in the paper)", group="RL objective")
     eta: float = _knob(0.99, "EMA reference momentum (Eq. 19; not stated in the paper)", group="RL objective")
     # a_min / a_max are not stated in the paper; rewards lie in [0, 4], so |A| <= 1 keeps a single image from dominating
@@ -231,6 +234,7 @@ class TrainConfig:
             ("dataset", self.dataset, DATASET_NAMES),
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("logprob_reduction", self.logprob_reduction, LOGPROB_REDUCTIONS),
+            ("ratio_clip", self.ratio_clip, RATIO_CLIPS),
         ):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid names: {', '.join(valid)}")

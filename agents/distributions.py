@@ -15,7 +15,14 @@ import torch
 from torch.distributions import Distribution, constraints
 from torch.distributions.kl import register_kl
 
-from segbandit.policy import REDUCTIONS, gaussian_entropy, gaussian_kl, gaussian_log_prob, sample_action
+from segbandit.policy import (
+    REDUCTIONS,
+    gaussian_entropy,
+    gaussian_kl,
+    gaussian_log_prob,
+    gaussian_log_prob_elements,
+    sample_action,
+)
 
 
 def _spatial(spatial_size: tuple[int, int] | None, spatial_like: torch.Tensor | None) -> tuple[int, int] | None:
@@ -157,6 +164,13 @@ class LatentGaussian(Distribution):
         log_std = self.log_std.expand(n, b, d).reshape(n * b, d)
         lp = gaussian_log_prob(flat, loc, log_std, self.reduction)  # (S*B,), Eq. 12
         return lp.reshape(*sample_shape, b)
+
+    def log_prob_elements(self, value: torch.Tensor) -> torch.Tensor:
+        """log N(value_j; mu_c, sigma_c) of every element of one action batch (B, *event), float32, unreduced."""
+        sample_shape, flat = self._check_value(value)
+        if len(sample_shape):
+            raise ValueError(f"expected one action batch of shape ({self.loc.shape[0]}, *event), got {tuple(value.shape)}")
+        return gaussian_log_prob_elements(flat, self.loc, self.log_std)
 
     def entropy(self) -> torch.Tensor:
         """Closed-form entropy of the whole action (same reduction as ``log_prob``): (B,) float32."""

@@ -7,6 +7,11 @@ closed form (Eq. 5) from the reference's ``"ref_loc"`` / ``"ref_scale"`` and the
 log-probability reduction of the actor's distribution.  Advantages are used as given (``normalize_advantage``
 off): they are already baselined and clamped (Eq. 16-18).
 
+``ratio_clip="element"`` clips a ratio per action element instead of Eq. 4's one ratio of the whole action: with a
+dense action (d * h * w elements sharing d channels' parameters) the clip on a geometric-mean ratio (``"mean"``
+reduction) bounds no element, and on the product (``"sum"``) it clips every sample.  The per-element surrogate
+``mean_j min(rho_j A, clip(rho_j) A)`` is PPO's for a factorised action; ``"action"`` (default) is Eq. 4 as written.
+
 All losses are built with ``functional=False``: they call the caller's policy and critic modules directly, so
 the optimiser's parameters are the ones that get gradients and DDP wrappers keep working.
 """
@@ -25,6 +30,9 @@ from torchrl.objectives import A2CLoss, ClipPPOLoss, KLPENPPOLoss, LossModule, R
 
 from agents.actor import ValueHead, actor_policy, make_value_head
 from agents.distributions import LatentGaussian
+
+
+RATIO_CLIPS: tuple[str, ...] = ("action", "element")  # one ratio of the whole action (Eq. 4) or one per element
 
 
 @torch.no_grad()
@@ -66,6 +74,9 @@ class LatentPPOLoss(ClipPPOLoss):
 
         ref_loc: NestedKey = "ref_loc"
         ref_scale: NestedKey = "ref_scale"
+        # the Gaussian under the per-element ratio (ratio_clip="element"): the reference, or the behaviour (PPO-EWMA)
+        ratio_loc: NestedKey = "ref_loc"
+        ratio_scale: NestedKey = "ref_scale"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -79,11 +90,14 @@ class LatentPPOLoss(ClipPPOLoss):
         lambda_kl: float = 1.0,
         entropy_bonus: bool = False,
         entropy_coeff: float = 0.0,
+        ratio_clip: str = "action",
         functional: bool = False,
         reduction: str | None = None,
         device: torch.device | None = None,
         **kwargs,
     ) -> None:
+        if ratio_clip not in RATIO_CLIPS:
+            raise ValueError(f"unknown ratio_clip {ratio_clip!r}; valid names: {', '.join(RATIO_CLIPS)}")
         for key in ("critic_network", "critic", "normalize_advantage"):
             if kwargs.get(key):
                 raise ValueError(f"LatentPPOLoss is critic-free with advantages used as given; got {key}={kwargs[key]!r}")
@@ -104,6 +118,7 @@ class LatentPPOLoss(ClipPPOLoss):
         if device is None:
             device = next(self.parameters()).device
         self.register_coeff_buffer("lambda_kl", float(lambda_kl), device=device)
+        self.ratio_clip = ratio_clip
         self._last_policy_terms: tuple[torch.Tensor, LatentGaussian] | None = None
 
     @property
@@ -143,6 +158,8 @@ class LatentPPOLoss(ClipPPOLoss):
             ref_loc.detach().float(), ref_scale.detach().float(), dist.spatial_size, dist.reduction
         )
         kl = kl_divergence(ref, dist)  # (B,) KL(pi_ref || pi_phi), Eq. 5
+        if self.ratio_clip == "element":
+            self._element_objective(tensordict, dist, out)
         out.set("loss_kl", self.lambda_kl * self._reduce_loss(kl.unsqueeze(-1), tensordict).squeeze(-1))
         out.set("kl", kl.detach().mean())
         diag = ratio_diagnostics(log_weight, float(self.clip_epsilon))
@@ -152,6 +169,24 @@ class LatentPPOLoss(ClipPPOLoss):
             out.set("entropy", dist.entropy().detach().mean())
         out.set("advantage", tensordict.get(self.tensor_keys.advantage).detach().float().mean())
         return out
+
+
+    def _element_objective(self, tensordict: TensorDictBase, dist: LatentGaussian, out: TensorDictBase) -> None:
+        """Replace ``loss_objective`` by the per-element clipped surrogate (Eq. 4 applied to each action element)."""
+        action = tensordict.get(self.tensor_keys.action)  # (B, d[, h, w])
+        old = LatentGaussian(
+            tensordict.get(self.tensor_keys.ratio_loc).detach().float(),
+            tensordict.get(self.tensor_keys.ratio_scale).detach().float(),
+            dist.spatial_size, dist.reduction,
+        )
+        log_rho = dist.log_prob_elements(action) - old.log_prob_elements(action)  # (B, d[, h, w])
+        adv = tensordict.get(self.tensor_keys.advantage).float()  # (B, 1)
+        adv = adv.reshape(adv.shape[0], *([1] * (log_rho.dim() - 1)))  # broadcast over the action's elements
+        low, high = math.log1p(-float(self.clip_epsilon)), math.log1p(float(self.clip_epsilon))
+        log_rho_clip = log_rho.clamp(low, high)
+        gain = torch.minimum(log_rho.exp() * adv, log_rho_clip.exp() * adv).flatten(1).mean(1)  # (B,)
+        out.set("loss_objective", self._reduce_loss(-gain.unsqueeze(-1), tensordict).squeeze(-1))
+        out.set("clip_fraction", (log_rho_clip != log_rho).float().mean().detach())
 
 
 # -- registry ----------------------------------------------------------------------------------------
@@ -230,12 +265,14 @@ def make_loss(
     critic: TensorDictModuleBase | None = None,
     entropy_coef: float = 0.0,
     reduction: str | None = None,
+    ratio_clip: str = "action",
 ) -> LossModule:
     """Build the policy loss ``algo`` (one of ``LOSSES``) for an actor from :func:`agents.actor.make_actor`.
 
     ``a2c`` and ``reinforce`` need a critic: a :func:`agents.actor.make_value_head` is built when ``critic`` is
     ``None``.  ``reduction``, when given, is the log-probability reduction the caller expects; it must match
-    the actor's (the actor's distribution carries it).
+    the actor's (the actor's distribution carries it).  ``ratio_clip="element"`` (one PPO ratio per action element)
+    needs a :class:`LatentPPOLoss` algorithm.
     """
     if algo not in LOSSES:
         raise ValueError(f"unknown algo {algo!r}; valid names: {sorted(LOSSES)}")
@@ -248,13 +285,21 @@ def make_loss(
         raise ValueError(f"reduction {reduction!r} does not match the actor's log-prob reduction {actor_reduction!r}")
     if algo in CRITIC_ALGOS and critic is None:
         critic = make_value_head(actor_policy(actor).in_channels)
-    return LOSSES[algo](actor, clip_epsilon=clip_epsilon, lambda_kl=lambda_kl, critic=critic, entropy_coef=entropy_coef)
+    loss = LOSSES[algo](actor, clip_epsilon=clip_epsilon, lambda_kl=lambda_kl, critic=critic, entropy_coef=entropy_coef)
+    if ratio_clip not in RATIO_CLIPS:
+        raise ValueError(f"unknown ratio_clip {ratio_clip!r}; valid names: {', '.join(RATIO_CLIPS)}")
+    if ratio_clip != "action":
+        if not isinstance(loss, LatentPPOLoss):
+            raise ValueError(f"ratio_clip={ratio_clip!r} needs a LatentPPOLoss algo (latent_ppo, ppo_ewma), got {algo!r}")
+        loss.ratio_clip = ratio_clip
+    return loss
 
 
 __all__ = [
     "CRITIC_ALGOS",
     "LOSSES",
     "LatentPPOLoss",
+    "RATIO_CLIPS",
     "ValueHead",
     "make_loss",
     "make_value_head",

@@ -77,6 +77,7 @@ class PolicyObjective(nn.Module):
         clip_epsilon: float = 0.2,
         lambda_kl: float = 1.0,
         entropy_coef: float = 0.0,
+        ratio_clip: str = "action",
         dist_info: DistInfo = SINGLE,
     ) -> None:
         super().__init__()
@@ -96,8 +97,10 @@ class PolicyObjective(nn.Module):
         critic = make_value_head(policy.in_channels) if algo in CRITIC_ALGOS else None
         self.loss: LossModule = make_loss(
             algo, actor, clip_epsilon=clip_epsilon, lambda_kl=lambda_kl, critic=critic,
-            entropy_coef=entropy_coef, reduction=reduction,
+            entropy_coef=entropy_coef, reduction=reduction, ratio_clip=ratio_clip,
         )
+        if algo == "ppo_ewma":  # a per-element ratio, like the whole one, is against the behaviour policy
+            self.loss.set_keys(ratio_loc="behaviour_loc", ratio_scale="behaviour_scale")
         # a per-image baseline (rloo, group_mean, greedy) comes with the batch (forward's baseline_values)
         self.per_image_baseline = baseline in PER_IMAGE_BASELINES and critic is None
         self.a_min, self.a_max = float(a_min), float(a_max)
@@ -198,6 +201,8 @@ class PolicyObjective(nn.Module):
             self.reference(td)  # ref_loc, ref_scale, log pi_ref(s) under LOG_PROB_KEY (Eq. 4)
         if self.algo == "ppo_ewma":  # PPO-EWMA: the ratio against the behaviour policy, the KL against pi_ref
             behaviour = self._behaviour(z, behaviour_loc, behaviour_scale)
+            td.set("behaviour_loc", behaviour.loc)
+            td.set("behaviour_scale", behaviour.scale)
             with torch.no_grad():
                 td.set(LOG_PROB_KEY, behaviour.log_prob(action))  # log pi_behaviour(s) (B,)
         elif self.algo != "latent_ppo":

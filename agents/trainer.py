@@ -390,6 +390,7 @@ class CoTrainer:
             clip_epsilon=cfg.clip_eps,
             lambda_kl=cfg.lambda_kl,
             entropy_coef=cfg.entropy_coef,
+            ratio_clip=cfg.ratio_clip,
             dist_info=dist_info or SINGLE,
         ).to(dev)
         optimizer = build_optimizer(cfg, param_groups(segmentor, policy, objective, cfg))

@@ -108,6 +108,7 @@ BUDGETS: dict[str, dict[str, Any]] = {"digits": DIGITS_BUDGET, "digits-fcn-r18":
 LATER_FIELDS: dict[str, Any] = {
     "augment": True, "class_weights": None, "warmup_iters": 0,  # issue 11
     "signal_norm": "batch", "alpha_init": 1.0, "action_samples": 1, "ppo_epochs": 1,  # issue 13
+    "ratio_clip": "action",
 }  # fmt: skip
 # Fields that never change a run's result: left out of the cache key.
 NON_RESULT_FIELDS: tuple[str, ...] = (
@@ -204,6 +205,8 @@ TABLES["rl"] = Table("rl", "RL variants that could carry signal, against the sam
     Row("rl", "per-image baseline: RLOO over K = 4 actions", {"baseline": "rloo", "action_samples": 4}),
     Row("rl", "per-image baseline: greedy action r(x, s = mu)", {"baseline": "greedy"}),
     Row("rl", "PPO-EWMA: 4 epochs, ratio vs behaviour, KL vs EMA", {"algo": "ppo_ewma", "ppo_epochs": 4}),
+    Row("rl", "PPO-EWMA, 4 epochs, one clipped ratio per action element",
+        {"algo": "ppo_ewma", "ppo_epochs": 4, "ratio_clip": "element"}),
     Row("rl", "signal path without batch-norm, alpha_0 = 0", {"signal_norm": "none", "alpha_init": 0.0}),
     Row("rl", "signal path with group-norm, alpha_0 = 0", {"signal_norm": "group", "alpha_init": 0.0}),
     Row("rl", "channel action (B, d) instead of dense", {"action_mode": "channel"}),
@@ -414,7 +417,7 @@ def run_tasks(tasks: list[dict[str, Any]], cache: Path, jobs: int, device: str, 
         cfg = rec["config"]
         diff = {k: cfg.get(k) for k in ("schedule", "modulation", "baseline", "lambda_policy", "lambda_kl",
                                         "reward_weights", "logstd_bound", "logprob_reduction", "algo",
-                                        "action_samples", "ppo_epochs", "signal_norm", "action_mode")}  # fmt: skip
+                                        "action_samples", "ppo_epochs", "ratio_clip", "signal_norm", "action_mode")}  # fmt: skip
         log(f"[{i}/{len(items)}] {elapsed / 60:.1f} min, eta {eta / 60:.1f} min | seed {cfg['seed']} {diff}: {what}")
 
     if jobs <= 1:

@@ -81,6 +81,17 @@ def sample_action(
     return mu[:, :, None, None] + log_std.exp()[:, :, None, None] * eps  # (B, d, h, w), Eq. 11
 
 
+def gaussian_log_prob_elements(action: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(s_j; mu_c, sigma_c) of every action element, in float32: the terms Eq. 12 reduces.
+
+    action: (B, d) or (B, d, h, w); mu, log_std: (B, d).  Returns the action's shape.
+    """
+    mu_b, log_std_b = _broadcast_params(action, mu, log_std)
+    a, mu_b, log_std_b = action.float(), mu_b.float(), log_std_b.float()
+    z = (a - mu_b) * torch.exp(-log_std_b)
+    return -0.5 * z.square() - log_std_b - _LOG_SQRT_2PI  # (B, d[, h, w]), one term per (h, w, d)
+
+
 def gaussian_log_prob(
     action: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor, reduction: Reduction = "sum"
 ) -> torch.Tensor:
@@ -90,11 +101,7 @@ def gaussian_log_prob(
     Eq. 12 (``"sum"``) or the per-element mean (``"mean"``).
     """
     _check_reduction(reduction)
-    mu_b, log_std_b = _broadcast_params(action, mu, log_std)
-    a, mu_b, log_std_b = action.float(), mu_b.float(), log_std_b.float()
-    z = (a - mu_b) * torch.exp(-log_std_b)
-    per_element = -0.5 * z.square() - log_std_b - _LOG_SQRT_2PI  # Eq. 12, one term per (h, w, d)
-    return _reduce(per_element, reduction)
+    return _reduce(gaussian_log_prob_elements(action, mu, log_std), reduction)  # Eq. 12
 
 
 def gaussian_kl(
@@ -231,5 +238,6 @@ __all__ = [
     "gaussian_entropy",
     "gaussian_kl",
     "gaussian_log_prob",
+    "gaussian_log_prob_elements",
     "sample_action",
 ]

@@ -207,6 +207,49 @@ def test_latent_ppo_loss_equals_eq4_eq5_by_hand(reduction):
     assert out["loss_kl"].requires_grad and not out["kl"].requires_grad
 
 
+def test_element_ratio_clip_clips_each_action_element_by_hand():
+    policy = _policy().eval()
+    ref = EMAReferencePolicy(policy, reduction="mean")
+    with torch.no_grad():
+        policy.fc_mu.bias.add_(0.3 * torch.randn(D))
+    z, action = _z(), torch.randn(B, D, H, W)
+    adv = torch.tensor([[0.5], [-0.3], [0.8], [-0.9]])
+    td = ref(TensorDict({"observation": z, "action": action, "advantage": adv}, [B]))
+    loss = make_loss("latent_ppo", make_actor(policy, "dense", reduction="mean"), ratio_clip="element")
+    out = loss(td)
+
+    with torch.no_grad():
+        mu, log_std = policy(z)
+        mu_r, log_std_r = ref.ema(z)
+    cur = Normal(mu[:, :, None, None], log_std.exp()[:, :, None, None])
+    old = Normal(mu_r[:, :, None, None], log_std_r.exp()[:, :, None, None])
+    rho = torch.exp(cur.log_prob(action) - old.log_prob(action))  # (B, d, h, w): one ratio per element
+    a = adv[:, :, None, None]
+    gain = torch.minimum(rho * a, rho.clamp(0.8, 1.2) * a).mean((1, 2, 3))  # (B,)
+    assert ((rho - 1).abs() > 0.2).any() and ((rho - 1).abs() < 0.2).any()
+    assert torch.allclose(out["loss_objective"], -gain.mean(), rtol=1e-4, atol=1e-6)
+    assert out["clip_fraction"].item() == pytest.approx(((rho - 1).abs() > 0.2).float().mean().item())
+    assert out["loss_objective"].requires_grad
+
+
+def test_element_ratio_clip_needs_a_latent_ppo_loss():
+    with pytest.raises(ValueError, match="needs a LatentPPOLoss"):
+        make_loss("ppo", make_actor(_policy(), "dense"), ratio_clip="element")
+    with pytest.raises(ValueError, match="valid names: action, element"):
+        make_loss("latent_ppo", make_actor(_policy(), "dense"), ratio_clip="whole")
+
+
+def test_ppo_ewma_element_ratio_is_taken_against_the_behaviour_policy():
+    policy = _policy().eval()
+    z, action, reward, loc, scale = _inputs(policy)
+    objective = PolicyObjective(policy, "ppo_ewma", reduction="mean", ratio_clip="element").eval()
+    out = objective(z, action, reward, loc, scale)  # pi_phi is the behaviour policy: every element ratio is 1
+    assert out["clip_fraction"].item() == 0.0
+    with torch.no_grad():
+        policy.fc_mu.bias.add_(1.0)  # far from the behaviour: element ratios leave the clip range
+    assert objective(z, action, reward, loc, scale, advantage=objective.last_advantage)["clip_fraction"].item() > 0.0
+
+
 def test_ratio_is_one_and_kl_zero_when_policy_and_reference_coincide():
     policy = _policy()
     ref = EMAReferencePolicy(policy)

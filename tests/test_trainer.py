@@ -486,6 +486,13 @@ def test_ppo_ewma_epochs_move_only_the_policy_and_make_the_clip_act():
     assert any(not torch.equal(p, params_of(four.policy)[n]) for n, p in params_of(one.policy).items())
 
 
+def test_element_ratio_clip_runs_ppo_ewma_epochs_and_clips_per_element():
+    trainer = CoTrainer.from_config(tiny_cfg(algo="ppo_ewma", ppo_epochs=3, ratio_clip="element", policy_lr=0.5,
+                                             clip_eps=0.01), K)  # fmt: skip
+    stats = trainer.train_step(*toy_batch())
+    assert stats["skipped"] == 0.0 and 0.0 < stats["clip_fraction_final"] <= 1.0
+
+
 @pytest.mark.parametrize("overrides", [{}, {"baseline": "rloo", "action_samples": 3}, {"baseline": "greedy"}])
 def test_policy_diagnostics_measure_reward_spread_and_gradients_without_changing_the_run(overrides):
     from agents.diagnostics import policy_diagnostics
