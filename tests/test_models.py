@@ -297,3 +297,19 @@ def test_fcn_head_with_inner_width_keeps_torchvision_layout():
     assert [type(m).__name__ for m in head] == ["Conv2d", "BatchNorm2d", "ReLU", "Dropout", "Conv2d"]
     assert (head[0].in_channels, head[0].out_channels, head[4].in_channels, head[4].out_channels) == (64, 48, 48, K)
     assert fcn_head(64, K)[0].out_channels == 16  # torchvision's in_channels // 4
+
+
+def test_add_and_concat_modulations_are_one_function_class_at_the_decoders_first_conv():
+    # concat(z, a(z + s)) through W = [W1, W2] equals concat(z, a s) through [W1 + a W2, W2]: Table 7's Add and Concat
+    # rows train the same function class (issue 13).
+    torch.manual_seed(0)
+    add = build_segmentor("fcn_resnet_tiny", K, modulation="add").eval()
+    cat = build_segmentor("fcn_resnet_tiny", K, modulation="concat").eval()
+    cat.load_state_dict(add.state_dict())
+    d = add.latent_channels
+    z, s = torch.randn(2, d, 16, 16), torch.randn(2, d, 16, 16)
+    assert not torch.allclose(add.decode(z, s), cat.decode(z, s), atol=1e-3)  # same weights: different functions
+    with torch.no_grad():
+        w = add.classifier[0].weight  # (c, 2d, k, k)
+        cat.classifier[0].weight[:, :d] = w[:, :d] + add.alpha * w[:, d:]
+    torch.testing.assert_close(add.decode(z, s), cat.decode(z, s), rtol=1e-4, atol=1e-4)
