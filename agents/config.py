@@ -162,6 +162,7 @@ class TrainConfig:
     policy_pool: int = _knob(4, "pooled size P_h = P_w of the policy head (Eq. 9)", group="model")
     logstd_bound: float | None = _knob(4.0, "log sigma = bound * tanh(.) (Eq. 10, Table 8); 'none' = unbounded",
                                        group="model", none_words=("none",))
+    policy_log_std_init: float = _knob(0.0, "log sigma of the policy at initialisation (0: sigma = 1)", group="model")
     action_mode: str = _knob("dense", "dense: s of shape (B, d, h, w) (Eq. 11); channel: one action per channel "
                                       "(B, d)", group="model", choices=ACTION_MODES)
 

@@ -19,8 +19,8 @@ import torch
 
 from agents.atomic import atomic_write
 from segbandit.constants import IMAGENET_MEAN, IMAGENET_STD
+from segbandit.visual import VOID_COLOUR, colorize, denormalize, overlay, voc_palette  # noqa: F401 (re-exported)
 
-VOID_COLOUR: tuple[int, int, int] = (255, 255, 255)
 
 
 # ----------------------------------------------------------------------------- CSV / TensorBoard
@@ -119,44 +119,6 @@ def log_scalars(writer: Any | None, prefix: str, values: Mapping[str, Any], step
 
 
 # ----------------------------------------------------------------------------- colours and images
-
-
-def voc_palette(num_colours: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map (num_colours, 3) uint8 (class 0 black, 1 dark red, 2 dark green, ...)."""
-    idx = np.arange(num_colours)
-    palette = np.zeros((num_colours, 3), dtype=np.int64)
-    c = idx.copy()
-    for j in range(8):  # the 8 bit-planes of the label index (not a data loop)
-        for ch in range(3):
-            palette[:, ch] |= ((c >> ch) & 1) << (7 - j)
-        c >>= 3
-    return palette.astype(np.uint8)
-
-
-def colorize(mask: torch.Tensor | np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """Label map (H, W) -> RGB (H, W, 3) uint8 with the VOC palette; void drawn white."""
-    m = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    m = m.astype(np.int64)
-    rgb = voc_palette(256)[np.clip(m, 0, 255)]  # (H, W, 3)
-    rgb[m == ignore_index] = VOID_COLOUR
-    return rgb
-
-
-def denormalize(
-    images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> torch.Tensor:
-    """Undo the ImageNet normalisation: (B, 3, H, W) -> float in [0, 1]."""
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    return (images.float() * s + m).clamp(0.0, 1.0)
-
-
-def overlay(image: np.ndarray, mask: torch.Tensor | np.ndarray, alpha: float = 0.6, ignore_index: int = 255) -> np.ndarray:
-    """Blend a colourised label map onto image (H, W, 3) float [0, 1]; background (0) and void stay see-through."""
-    m = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    colour = colorize(m, ignore_index).astype(np.float32) / 255.0
-    a = np.where((m == 0) | (m == ignore_index), 0.0, alpha)[..., None]
-    return image * (1 - a) + colour * a
 
 
 def save_overlays(

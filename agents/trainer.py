@@ -374,6 +374,7 @@ class CoTrainer:
             num_blocks=cfg.policy_blocks,
             pool_size=cfg.policy_pool,
             logstd_bound=cfg.logstd_bound,
+            log_std_init=cfg.policy_log_std_init,
         )
         segmentor.to(dev)
         policy.to(dev)

@@ -108,7 +108,7 @@ BUDGETS: dict[str, dict[str, Any]] = {"digits": DIGITS_BUDGET, "digits-fcn-r18":
 LATER_FIELDS: dict[str, Any] = {
     "augment": True, "class_weights": None, "warmup_iters": 0,  # issue 11
     "signal_norm": "batch", "alpha_init": 1.0, "action_samples": 1, "ppo_epochs": 1,  # issue 13
-    "ratio_clip": "action",
+    "ratio_clip": "action", "policy_log_std_init": 0.0,  # issue 14
 }  # fmt: skip
 # Fields that never change a run's result: left out of the cache key.
 NON_RESULT_FIELDS: tuple[str, ...] = (

@@ -15,6 +15,7 @@ data run out.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -25,17 +26,20 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from envs.transition import BanditTransition
-from segbandit.constants import IMAGENET_MEAN, IMAGENET_STD
+from segbandit.constants import DEFAULT_ACTION_BOUND, IMAGENET_MEAN, IMAGENET_STD
 from segbandit.data import make_dataset
 from segbandit.errors import DataError
 from segbandit.models import Segmentor, build_segmentor
-from segbandit.policy import ACTION_MODES
+from segbandit.policy import ACTION_MODES, LatentPolicy
+from segbandit.pretrained import DEFAULT_PRETRAINED, build_from_bundle, freeze, load_bundle, policy_from_bundle
 from segbandit.rewards import REWARD_TERMS, CompositeReward, parse_reward_weights
 
 OBS_MODES: tuple[str, ...] = ("latent", "pooled")
+RENDER_MODES: tuple[str, ...] = ("rgb_array",)
 ARRAY_TYPES: tuple[str, ...] = ("numpy", "torch")
 
 WeightsArg = Union[str, Sequence[float], Mapping[str, float]]
+SegmentorArg = Union[str, os.PathLike, Mapping[str, Any], Segmentor]
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -52,9 +56,16 @@ class SegBanditConfig:
             ``Dataset`` whose items are ``(image float (3, H, W), mask int (H, W))`` pairs of one fixed size.
         data_root: folder holding ``VOCdevkit`` (``dataset="voc"``).
         split: dataset split (``"train"``, ``"val"``, ``"trainaug"`` ...).
-        model: a segmentor name (``segbandit.models.SEGMENTORS``) built here with random weights and put in
-            eval mode, or an existing :class:`~segbandit.models.Segmentor` to share with a trainer (its
-            train/eval mode is left as it is).
+        segmentor: where the weights come from. ``"auto"`` (default): the shipped co-trained segmentor
+            (``segbandit.pretrained.DEFAULT_PRETRAINED``) on the digits with the default architecture, random weights
+            otherwise; ``"random"``: ``model`` built from ``model_seed``; a name of ``segbandit.pretrained.PRETRAINED``,
+            a main job's ``ckpt_*.pt``, a bundle or a plain state dict (file or dict), the architecture read from its
+            stored config (a plain state dict: from ``model`` / ``modulation`` / ``model_kwargs``, the attention width
+            from the weights); or a :class:`~segbandit.models.Segmentor` to share with a trainer. A segmentor the env
+            builds or loads is frozen (eval mode, no gradients); a shared one keeps its mode and is run in eval mode by
+            the env's steps (no BatchNorm statistics move), unless ``differentiable``.
+        model: the architecture name (``segbandit.models.SEGMENTORS``) for ``segmentor="random"`` or a plain state
+            dict; a :class:`~segbandit.models.Segmentor` here is shared as with ``segmentor=``.
         num_classes: K; inferred from a shared segmentor or the dataset's ``num_classes`` when None.
         image_size: image side for named datasets (digits default 64, VOC default 512).
         obs_mode: ``"latent"`` observes z (d, h, w); ``"pooled"`` its spatial mean (d,).
@@ -77,12 +88,19 @@ class SegBanditConfig:
             gives the Box [-b, b] and actions are clipped to it (Stable-Baselines3 wants finite bounds).
         differentiable: keep the autograd graph of encode/decode (for a co-trainer sharing the segmentor);
             off by default, where the env runs under ``torch.no_grad()``.
+        episode_length: K images per episode (each step scores one image and moves to the next; the K-th step
+            terminates). 1 is the one-step bandit; a larger K lets NEXT_STEP-autoreset clients (CleanRL's
+            ``SyncVectorEnv``) spend 1/(K+1) of their steps on resets instead of 1/2.
+        paired_reward: return ``r(s) - r(0)``, the gain over the zero action on the same image (its ``r(0)`` is
+            computed once per image, when it is encoded, and reported as ``reward_zero``).
+        render_mode: None or ``"rgb_array"`` (image | truth | prediction of the last scored batch).
     """
 
     dataset: Union[str, Dataset] = "digits"
     data_root: Union[str, None] = None
     split: str = "train"
     model: Union[str, Segmentor] = "fcn_resnet_tiny"
+    segmentor: SegmentorArg = "auto"
     num_classes: Union[int, None] = None
     image_size: Union[int, None] = None
     obs_mode: str = "latent"
@@ -99,6 +117,9 @@ class SegBanditConfig:
     shuffle: bool = True
     action_bound: Union[float, None] = None
     differentiable: bool = False
+    episode_length: int = 1
+    paired_reward: bool = False
+    render_mode: Union[str, None] = None
 
     def __post_init__(self) -> None:
         _check_choice("obs_mode", self.obs_mode, OBS_MODES)
@@ -110,6 +131,10 @@ class SegBanditConfig:
             raise ValueError(f"action_bound must be a finite positive float or None, got {self.action_bound!r}")
         if isinstance(self.reward_weights, str):
             self.reward_weights = parse_reward_weights(self.reward_weights)
+        if isinstance(self.episode_length, bool) or not isinstance(self.episode_length, int) or self.episode_length < 1:
+            raise ValueError(f"episode_length must be a positive int, got {self.episode_length!r}")
+        if self.render_mode is not None:
+            _check_choice("render_mode", self.render_mode, RENDER_MODES)
 
 
 @contextlib.contextmanager
@@ -182,18 +207,52 @@ def _resolve_num_classes(config: SegBanditConfig, dataset: Dataset) -> int:
     return next(iter(given.values()))
 
 
-def _resolve_segmentor(config: SegBanditConfig, num_classes: int, device: torch.device) -> tuple[Segmentor, bool]:
-    """The shared segmentor as it is, or a new one (seeded init, eval mode, on ``device``); and whether it is owned."""
+def _shared_segmentor(config: SegBanditConfig) -> Union[Segmentor, None]:
     if isinstance(config.model, Segmentor):
-        return config.model, False
-    if not isinstance(config.model, str):
-        raise ValueError(f"model must be a segmentor name or a segbandit Segmentor, got {type(config.model).__name__}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.model_seed)
-        segmentor = build_segmentor(
-            config.model, num_classes, modulation=config.modulation, **(config.model_kwargs or {})
+        if not (isinstance(config.segmentor, str) and config.segmentor == "auto"):
+            raise ValueError("pass the segmentor to share as segmentor= or as model=, not both")
+        return config.model
+    return config.segmentor if isinstance(config.segmentor, Segmentor) else None
+
+
+def _default_source(config: SegBanditConfig) -> Union[SegmentorArg, str]:
+    """``"auto"``: the shipped segmentor where it fits (the digits, the default architecture), else random weights."""
+    fits = (config.dataset == "digits" and config.model == "fcn_resnet_tiny" and config.modulation == "attention"
+            and not config.model_kwargs)
+    return DEFAULT_PRETRAINED if fits else "random"
+
+
+def _resolve_segmentor(
+    config: SegBanditConfig, num_classes: int, device: torch.device
+) -> tuple[Segmentor, bool, Union[LatentPolicy, None]]:
+    """The segmentor (shared as it is, or built / loaded, frozen, on ``device``), whether it is owned, and the policy
+    it was co-trained with (when its file holds one)."""
+    shared = _shared_segmentor(config)
+    if shared is not None:
+        return shared, False, None
+    source = config.segmentor
+    if isinstance(source, str) and source == "auto":
+        source = _default_source(config)
+    if isinstance(source, str) and source == "random":
+        if not isinstance(config.model, str):
+            raise ValueError(f"model must be a segmentor name or a segbandit Segmentor, got {type(config.model).__name__}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.model_seed)
+            segmentor = build_segmentor(
+                config.model, num_classes, modulation=config.modulation, **(config.model_kwargs or {})
+            )
+        return freeze(segmentor.to(device)), True, None
+    if not isinstance(source, (str, os.PathLike, Mapping)):
+        raise ValueError(
+            "segmentor must be 'auto', 'random', a pretrained name, a checkpoint or state-dict file or dict, or a "
+            f"Segmentor; got {type(source).__name__}"
         )
-    return segmentor.to(device).eval(), True
+    bundle = load_bundle(source)
+    segmentor = build_from_bundle(
+        bundle, num_classes, model=config.model, modulation=config.modulation, **(config.model_kwargs or {})
+    )
+    policy = policy_from_bundle(bundle, segmentor.latent_channels)
+    return freeze(segmentor.to(device)), True, None if policy is None else freeze(policy.to(device))
 
 
 def _check_sample(dataset: Dataset, raw: bool = False) -> tuple[int, int]:
@@ -242,7 +301,7 @@ class SegBanditCore:
         self._raw_shift = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
         self._raw_scale = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
         self.num_classes = _resolve_num_classes(config, self.dataset)
-        self.segmentor, self.owns_segmentor = _resolve_segmentor(config, self.num_classes, self.device)
+        self.segmentor, self.owns_segmentor, self.policy = _resolve_segmentor(config, self.num_classes, self.device)
         weights = config.reward_weights
         self.reward_fn = CompositeReward(self.num_classes, weights=dict(weights) if isinstance(weights, Mapping) else tuple(weights))
         self.transition = BanditTransition(self.segmentor, self.reward_fn)  # encode / decode / reward, written once
@@ -267,10 +326,21 @@ class SegBanditCore:
         self._masks: Union[Tensor, None] = None  # (B, H, W) int64
         self._z: Union[Tensor, None] = None  # (B, d, h, w), with its graph when differentiable
         self._obs: Union[Tensor, None] = None  # (B, *observation_shape), detached
+        self._reward_zero: Union[Tensor, None] = None  # (B,) r(x, s = 0) of the current images (paired_reward)
+        self.steps_in_episode = 0  # steps since the episode began (all sub-envs in lockstep)
+        self.last_scored: Union[dict[str, Tensor], None] = None  # images, masks, preds of the last scored batch
+        self.closed = False
 
     # ------------------------------------------------------------------ helpers
     def _grad(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext() if self.config.differentiable else torch.no_grad()
+        """No graph and eval mode (a shared segmentor's BatchNorm statistics never move), unless differentiable."""
+        if self.config.differentiable:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        if not self.owns_segmentor:  # an owned segmentor is frozen in eval mode already
+            stack.enter_context(_eval_mode(self.segmentor))
+        return stack
 
     def _probe_latent_shape(self) -> tuple[int, int, int]:
         """(d, h, w) of the latents of one blank image (run in eval mode, so no BatchNorm statistics move)."""
@@ -347,13 +417,30 @@ class SegBanditCore:
             z = self.transition.encode(images)["out"]  # (B, d, h, w)
         self._images, self._masks, self._z = images, masks, z
         self._obs = self._observe(z)
+        self._reward_zero = self._zero_reward(z, masks) if self.config.paired_reward else None
         return self._obs
 
+    def zero_action(self, n: Union[int, None] = None) -> Tensor:
+        """The zero action (n or B, *action_shape) float32 on ``device``."""
+        return torch.zeros(self.num_envs if n is None else n, *self.action_shape, device=self.device)
+
+    def _zero_reward(self, z: Tensor, masks: Tensor) -> Tensor:
+        """r(x, s = 0) (n,) for latents z (n, d, h, w): the paired reward's reference."""
+        with torch.no_grad(), _eval_mode(self.segmentor):
+            return self.transition.score(z.detach(), self.zero_action(z.shape[0]), masks)["reward"]
     def reset(self, seed: Union[int, None] = None) -> Tensor:
         """Start over (re-seeding the image order when ``seed`` is given) and return the first observation."""
+        self._check_open()
         if seed is not None:
             self.seed(seed)
+        self.steps_in_episode = 0
         return self.advance()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            from gymnasium.error import ClosedEnvironmentError
+
+            raise ClosedEnvironmentError("the env is closed: build a new one to go on")
 
     def reset_rows(self, rows: Tensor) -> Tensor:
         """Replace only the sub-envs where ``rows`` (B,) bool is True by images of a fresh batch (TorchRL partial reset)."""
@@ -373,6 +460,8 @@ class SegBanditCore:
         self._masks = self._masks.index_copy(0, idx, masks)
         self._z = self._z.index_copy(0, idx, z)
         self._obs = self._observe(self._z)
+        if self._reward_zero is not None:
+            self._reward_zero = self._reward_zero.index_copy(0, idx, self._zero_reward(z, masks))
         return self._obs
 
     # ------------------------------------------------------------------ acting
@@ -410,6 +499,7 @@ class SegBanditCore:
         Returns ``reward`` (B,) float32, each term of ``REWARD_TERMS`` (B,) and ``logits`` (B, K, H, W)
         (with the autograd graph when ``differentiable``).
         """
+        self._check_open()
         if self._z is None:
             raise ResetNeeded("step() was called before reset(): call reset() first")
         a = self.check_action(action)  # (B, *action_shape)
@@ -420,30 +510,59 @@ class SegBanditCore:
                 f"the action (finite, max |a| = {float(a.abs().max()):.3g}) gave non-finite logits: the decoder "
                 "overflowed, so there is no reward to return; bound the actions (e.g. action_bound=...)"
             )
-        return {"reward": out["reward"], **{k: out[f"reward_{k}"] for k in REWARD_TERMS}, "logits": out["logits"]}
+        result = {"reward": out["reward"], **{k: out[f"reward_{k}"] for k in REWARD_TERMS}, "logits": out["logits"]}
+        if self._reward_zero is not None:  # the gain over s = 0 on the same image
+            result["reward_zero"] = self._reward_zero
+            result["reward"] = out["reward"] - self._reward_zero
+        if self.config.render_mode is not None:
+            self.last_scored = {"images": self._images, "masks": self._masks,
+                                "preds": out["logits"].detach().argmax(1)}  # (B, H, W)
+        return result
 
-    def step(self, action: Any) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def step(self, action: Any, advance_terminal: bool = True) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """Score ``action`` on the current images, then move to the next batch (same-step autoreset).
 
-        Returns ``(next_obs, reward (B,), info)`` with ``info`` holding each reward term (B,) and
-        ``final_obs``: the scored observation.
+        Returns ``(next_obs, reward (B,), info)`` with ``info`` holding each reward term (B,) (and ``reward_zero``
+        with ``paired_reward``), the ``logits`` (B, K, H, W), ``final_obs``: the scored observation, and ``terminated`` (bool): the step ended the
+        episode of ``episode_length`` images (all sub-envs in lockstep).  ``advance_terminal=False``: a terminal step
+        keeps the scored batch (``next_obs`` is its observation) for the caller's reset to move on (TorchRL).
         """
         out = self.score(action)
         final_obs = self._obs
-        next_obs = self.advance()
-        info = {k: out[k] for k in REWARD_TERMS}
+        self.steps_in_episode += 1
+        terminated = self.steps_in_episode >= self.config.episode_length
+        next_obs = self.advance() if advance_terminal or not terminated else final_obs
+        info: dict[str, Any] = {k: out[k] for k in (*REWARD_TERMS, "reward_zero", "logits") if k in out}
         info["final_obs"] = final_obs
+        info["terminated"] = terminated
+        if terminated:
+            self.steps_in_episode = 0
         return next_obs, out["reward"], info
 
+    def render(self) -> Union[Any, None]:
+        """Frames (B, H, 3W, 3) uint8 of the last scored batch (the current one, prediction black, before any step)."""
+        if self.config.render_mode is None:
+            return None
+        from segbandit.visual import side_by_side
+
+        if self.last_scored is not None:
+            return side_by_side(self.last_scored["images"], self.last_scored["masks"], self.last_scored["preds"])
+        if self._images is None:
+            raise ResetNeeded("render() was called before reset(): call reset() first")
+        return side_by_side(self._images, self._masks, None)
+
     def close(self) -> None:
-        """Stop the DataLoader workers (if any)."""
+        """Stop the DataLoader workers (if any); a later step or reset raises ``ClosedEnvironmentError``."""
         self._iterator = None
+        self.closed = True
 
 
 __all__ = [
     "ACTION_MODES",
     "ARRAY_TYPES",
+    "DEFAULT_ACTION_BOUND",
     "OBS_MODES",
+    "RENDER_MODES",
     "REWARD_TERMS",
     "SegBanditConfig",
     "SegBanditCore",

@@ -1,8 +1,8 @@
 """``SB3VecEnv``: a Stable-Baselines3 ``VecEnv`` over one natively batched :class:`SegBanditVectorEnv`.
 
 Stable-Baselines3 has no adapter for Gymnasium's ``VectorEnv``; this is it. Its contract: numpy arrays,
-``dones`` (always True here: one-step episodes), the scored observation in each info's
-``terminal_observation``, and ``reset()`` returning only observations. The ``B`` sub-envs are one object, so
+``dones`` (True at every step of one-step episodes, every K-th with ``episode_length=K``), the scored observation
+in each done sub-env's info as ``terminal_observation``, and ``reset()`` returning only observations. The ``B`` sub-envs are one object, so
 ``get_attr`` / ``env_method`` read or call the shared vector env once and report the result per sub-env.
 
 Stable-Baselines3's ``check_env`` refuses action Boxes without finite bounds and recommends [-1, 1]: when the
@@ -63,10 +63,12 @@ class SB3VecEnv(VecEnv):
         obs, reward, terminated, truncated, info = self.venv.step(actions)
         dones = np.logical_or(terminated, truncated)
         infos: list[dict[str, Any]] = []
+        keys = [k for k in (*REWARD_TERMS, "reward_zero") if k in info]
         for i in range(self.num_envs):  # SB3 wants one dict per sub-env
-            env_info = {k: float(info[k][i]) for k in REWARD_TERMS}
-            env_info["terminal_observation"] = info["final_obs"][i]
-            env_info["TimeLimit.truncated"] = bool(truncated[i]) and not bool(terminated[i])
+            env_info = {k: float(info[k][i]) for k in keys}
+            if dones[i]:  # the last image of an episode (every step with episode_length 1)
+                env_info["terminal_observation"] = info["final_obs"][i]
+                env_info["TimeLimit.truncated"] = bool(truncated[i]) and not bool(terminated[i])
             infos.append(env_info)
         return obs, np.asarray(reward, dtype=np.float32), dones, infos
 

@@ -5,8 +5,10 @@ returns the scored observation as the terminal observation, and keeps the next i
 the following ``reset()`` hands out without encoding anything again. ``reset(seed=...)`` re-seeds the
 image order and draws afresh.
 
-Every step terminates (a one-step episode, gamma = 1). Stepping again without ``reset()`` continues on the
-next image, as the vector env's same-step autoreset does; call ``reset()`` to see its observation first.
+Every step terminates (a one-step episode, gamma = 1), or every K-th with ``episode_length=K`` (K images per
+episode, the next image as the next observation). Stepping again after a terminal step without ``reset()``
+continues on the next image, as the vector env's same-step autoreset does; call ``reset()`` to see its
+observation first.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from envs.vector import SegBanditVectorEnv
 class SegBanditEnv(gym.Env):
     """One image per step. Keyword arguments: those of :class:`envs.core.SegBanditConfig` (not ``num_envs``)."""
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(self, **kwargs: Any) -> None:
         if "num_envs" in kwargs:
@@ -31,7 +33,7 @@ class SegBanditEnv(gym.Env):
         self.vector_env = SegBanditVectorEnv(num_envs=1, **kwargs)
         self.observation_space = self.vector_env.single_observation_space
         self.action_space = self.vector_env.single_action_space
-        self.render_mode = None
+        self.render_mode = self.vector_env.render_mode
         self.metadata = dict(type(self).metadata)
         if self.vector_env.array_type == "torch":
             self.metadata["torch"] = True  # lets gymnasium's check_env convert through TorchToNumpy
@@ -64,10 +66,17 @@ class SegBanditEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         batch = self.vector_env.core.check_action(action, batched=False)  # (1, *action_shape), errors name the single shape
-        obs, reward, _, _, info = self.vector_env.step(batch)
+        obs, reward, terminated, _, info = self.vector_env.step(batch)
+        step_info = {k: float(info[k][0]) for k in (*REWARD_TERMS, "reward_zero") if k in info}
+        if not bool(terminated[0]):  # within an episode of several images: the next image is the next observation
+            return obs[0], float(reward[0]), False, False, step_info
         self._next_obs = obs
-        step_info = {k: float(info[k][0]) for k in REWARD_TERMS}
         return info["final_obs"][0], float(reward[0]), True, False, step_info
+
+    def render(self) -> Union[np.ndarray, None]:
+        """With ``render_mode="rgb_array"``: image | truth | prediction (H, 3W, 3) uint8 of the last scored image."""
+        frames = self.vector_env.render()
+        return None if frames is None else frames[0]
 
     def close(self) -> None:
         if "vector_env" in self.__dict__:

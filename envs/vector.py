@@ -50,7 +50,7 @@ class SegBanditVectorEnv(VectorEnv):
     ``single_observation_space`` / ``single_action_space`` (float32 Boxes) and their batched forms.
     """
 
-    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(self, num_envs: int = 1, **kwargs: Any) -> None:
         self.config = SegBanditConfig(**kwargs)
@@ -58,7 +58,7 @@ class SegBanditVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.array_type = self.config.array_type
         self.device = self.core.device
-        self.render_mode = None
+        self.render_mode = self.config.render_mode
         self.single_observation_space = _box(self.core.observation_shape, None)
         self.single_action_space = _box(self.core.action_shape, self.config.action_bound)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -103,24 +103,36 @@ class SegBanditVectorEnv(VectorEnv):
         return self._out(obs), {}
 
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """Score ``actions`` (B, *single_action_shape) on the current images; return the next images' observations."""
+        """Score ``actions`` (B, *single_action_shape) on the current images; return the next images' observations.
+
+        With ``episode_length`` K > 1 only every K-th step terminates; ``final_obs`` / ``final_info`` are then present.
+        """
         next_obs, reward, info = self.core.step(actions)
-        terms = {k: self._out(info[k]) for k in REWARD_TERMS}
-        final_info: dict[str, Any] = {}
+        done = bool(info["terminated"])
+        keys = [k for k in (*REWARD_TERMS, "reward_zero") if k in info]
+        terms = {k: self._out(info[k]) for k in keys}
         out_info: dict[str, Any] = {}
-        for k in REWARD_TERMS:
-            final_info[k], final_info[f"_{k}"] = terms[k], self._mask()
+        for k in keys:
             out_info[k] = terms[k].copy() if self.array_type == "numpy" else terms[k].clone()
             out_info[f"_{k}"] = self._mask()
-        out_info["final_obs"], out_info["_final_obs"] = self._final_obs(info["final_obs"]), self._mask()
-        out_info["final_info"], out_info["_final_info"] = final_info, self._mask()
+        if done:
+            final_info: dict[str, Any] = {}
+            for k in keys:
+                final_info[k], final_info[f"_{k}"] = terms[k], self._mask()
+            out_info["final_obs"], out_info["_final_obs"] = self._final_obs(info["final_obs"]), self._mask()
+            out_info["final_info"], out_info["_final_info"] = final_info, self._mask()
         if self.array_type == "numpy":
-            terminated = np.ones(self.num_envs, dtype=np.bool_)
+            terminated = np.full(self.num_envs, done, dtype=np.bool_)
             truncated = np.zeros(self.num_envs, dtype=np.bool_)
         else:
-            terminated = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+            terminated = torch.full((self.num_envs,), done, dtype=torch.bool, device=self.device)
             truncated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         return self._out(next_obs), self._out(reward), terminated, truncated, out_info
+
+    def render(self) -> Union[tuple[np.ndarray, ...], None]:
+        """With ``render_mode="rgb_array"``: one frame (H, 3W, 3) uint8 per sub-env, image | truth | prediction."""
+        frames = self.core.render()
+        return None if frames is None else tuple(frames)
 
     def close_extras(self, **kwargs: Any) -> None:
         core = self.__dict__.get("core")  # absent when __init__ failed

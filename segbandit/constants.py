@@ -1,8 +1,11 @@
-"""Names the whole project shares, defined once: the void label and the ImageNet normalisation."""
+"""Names the whole project shares, defined once: the void label, the ImageNet normalisation, the env's action bound."""
 from __future__ import annotations
 
 IGNORE_INDEX: int = 255  # the void label of VOC, Cityscapes-style masks and DigitScenes; ignored by CE, rewards, metrics
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)  # torchvision's normalisation of every backbone
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# The action bound of SegBandit's bounded front ends (TorchRL, SB3, SegBanditPooled-v0): the shipped policy's mean
+# actions lie well inside it (docs/benchmark.md).
+DEFAULT_ACTION_BOUND: float = 3.0
 
-__all__ = ["IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["DEFAULT_ACTION_BOUND", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -149,6 +149,7 @@ class LatentPolicy(nn.Module):
         pool_size: (P_h, P_w) of the adaptive average pooling (an int means square).
         logstd_bound: the factor of ``bound * tanh(.)`` in Eq. 10 (4 in the paper); ``None`` gives the
             unbounded log sigma of Table 8.
+        log_std_init: log sigma at initialisation (0: sigma = 1, the default), through the bias of ``fc_log_std``.
     """
 
     def __init__(
@@ -158,8 +159,11 @@ class LatentPolicy(nn.Module):
         num_blocks: int = 4,
         pool_size: int | tuple[int, int] = 4,
         logstd_bound: float | None = 4.0,
+        log_std_init: float = 0.0,
     ) -> None:
         super().__init__()
+        if logstd_bound is not None and not abs(log_std_init) < logstd_bound:
+            raise ValueError(f"log_std_init must lie inside (-{logstd_bound}, {logstd_bound}), got {log_std_init}")
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
         if logstd_bound is not None and logstd_bound <= 0:
@@ -180,11 +184,12 @@ class LatentPolicy(nn.Module):
         flat = hidden_channels * pool[0] * pool[1]
         self.fc_mu = nn.Linear(flat, in_channels)
         self.fc_log_std = nn.Linear(flat, in_channels)
-        # A small mean and sigma = 1 at start: the deterministic action starts near the zero signal.
+        # A small mean and sigma = exp(log_std_init) at start: the deterministic action starts near the zero signal.
         nn.init.normal_(self.fc_mu.weight, std=0.01)
         nn.init.zeros_(self.fc_mu.bias)
         nn.init.zeros_(self.fc_log_std.weight)
-        nn.init.zeros_(self.fc_log_std.bias)
+        raw = log_std_init if logstd_bound is None else math.atanh(log_std_init / logstd_bound)  # Eq. 10 inverted
+        nn.init.constant_(self.fc_log_std.bias, raw)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z (B, d, h, w) -> (mu, log_std), each (B, d)."""

@@ -1,0 +1,51 @@
+"""Rebuild the segmentor that ``SegBandit-v0`` ships (``segbandit/weights/digits_cotrained.pt``):
+
+    python examples/make_pretrained.py
+
+It co-trains ``fcn_resnet_tiny`` with its latent policy by the main job's digits recipe with channel actions
+(``agents.pretrain.PRETRAINED_RECIPE``, seed 0), then refines the policy alone through the frozen segmentor
+(``agents.pretrain.refine_policy``), on one CPU thread, so that the same command gives the same tensors
+bit for bit (it prints their sha256, ``segbandit.pretrained.bundle_digest``; the shipped file's is in its
+``meta["digest"]``).  Every main-job flag is accepted (``--seed``, ``--max-iters``, ...); ``--weights`` is where
+the bundle goes and ``--threads`` the intra-op threads (another count can change the last bits).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from agents.cli import build_parser
+from agents.config import config_from_args
+from agents.pretrain import PRETRAINED_RECIPE, REFINE_LR, REFINE_STEPS, make_pretrained
+from segbandit.pretrained import DEFAULT_PRETRAINED, WEIGHTS_DIR, PRETRAINED
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser(prog="make_pretrained.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default=str(WEIGHTS_DIR / PRETRAINED[DEFAULT_PRETRAINED]),
+                        help="where the bundle is written (default: the shipped file)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: reproducible)")
+    parser.add_argument("--refine-steps", type=int, default=REFINE_STEPS,
+                        help="phase 2: policy-only steps through the frozen segmentor (0 = off)")
+    parser.add_argument("--refine-lr", type=float, default=REFINE_LR, help="phase 2: Adam learning rate")
+    args = parser.parse_args(argv)
+    values = {**vars(args), **{k: v for k, v in PRETRAINED_RECIPE.items() if getattr(args, k, None) is None}}
+    try:
+        cfg = config_from_args(values)
+    except ValueError as err:
+        parser.error(str(err))
+    torch.set_num_threads(args.threads)
+    result = make_pretrained(args.weights, cfg, refine_steps=args.refine_steps, refine_lr=args.refine_lr)
+    print(f"wrote {result['path']}: val mIoU {100 * result['miou']:.2f} after {result['iterations']} iterations "
+          f"(co-trained tensors sha256 {result['cotrained_digest']}), then {args.refine_steps} policy steps; "
+          f"sha256 of the tensors {result['digest']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

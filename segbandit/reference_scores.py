@@ -1,0 +1,49 @@
+"""Reference scores of the SegBandit ids (as D4RL publishes them) and the normalised score they define.
+
+Each entry is the mean reward (Eq. 15, in [0, 4]) on the first 256 val scenes of the embedded digits (64 px), with
+the shipped segmentor (``segbandit.pretrained.DEFAULT_PRETRAINED``), of: the zero action, uniform random actions in
+the action bound, the shipped co-trained policy at its mean and sampled, and the label-aware oracle (Adam on ``s``
+against the true mask, ``envs.evaluation.oracle_actions``).  Measured by ``python benchmarks/reference_scores.py``
+(docs/benchmark.md); ``tests/test_benchmark_env.py`` re-measures the zero action and the policy at its mean.
+
+``normalized_score(r) = 100 * (r - zero) / (policy_mean - zero)``: the zero action scores 0, the co-trained policy 100.
+"""
+from __future__ import annotations
+
+from typing import Any, Union
+
+REFERENCE_POLICIES: tuple[str, ...] = ("zero", "random", "policy_mean", "policy_sample", "oracle")
+# id -> reference policy -> mean reward on the 256 fixed val scenes (filled by benchmarks/reference_scores.py)
+REFERENCE_SCORES: dict[str, dict[str, float]] = {
+    "SegBandit-v0": {"zero": 3.3284, "random": 3.3203, "policy_mean": 3.3391, "policy_sample": 3.2909, "oracle": 3.4825},
+    "SegBanditPooled-v0": {"zero": 3.3284, "random": 3.3127, "policy_mean": 3.3405, "policy_sample": 3.3447, "oracle": 3.4247},
+}
+
+
+def reference_key(config: Any) -> Union[str, None]:
+    """The id whose reference scores apply to an env config (``SegBanditConfig``), or None when none do: the digits
+    at 64 px with the shipped segmentor, and the id's observation and action modes."""
+    from segbandit._registration import ENV_KWARGS
+
+    shipped = (getattr(config, "dataset", None) == "digits" and getattr(config, "image_size", None) in (None, 64)
+               and getattr(config, "segmentor", None) in ("auto", "digits_cotrained")
+               and getattr(config, "model", None) == "fcn_resnet_tiny" and not getattr(config, "model_kwargs", None)
+               and getattr(config, "modulation", None) == "attention")
+    if not shipped:
+        return None
+    for env_id, kwargs in ENV_KWARGS.items():
+        modes = (kwargs.get("obs_mode", "latent"), kwargs.get("action_mode", "dense"))
+        if (config.obs_mode, config.action_mode) == modes and env_id in REFERENCE_SCORES:
+            return env_id
+    return None
+
+
+def normalized_score(reward: float, env_id: str = "SegBanditPooled-v0") -> float:
+    """100 * (reward - zero action) / (co-trained policy at its mean - zero action) for ``env_id``."""
+    if env_id not in REFERENCE_SCORES:
+        raise ValueError(f"no reference scores for {env_id!r}; ids with scores: {', '.join(sorted(REFERENCE_SCORES))}")
+    ref = REFERENCE_SCORES[env_id]
+    return 100.0 * (float(reward) - ref["zero"]) / (ref["policy_mean"] - ref["zero"])
+
+
+__all__ = ["REFERENCE_POLICIES", "REFERENCE_SCORES", "normalized_score", "reference_key"]
