@@ -148,7 +148,8 @@ def evaluate(
         "num_images": n,
     }
     key = reference_key(cfg)
-    result["normalized_score"] = normalized_score(result["reward"], key) if key is not None else None
+    result["normalized_score"] = (normalized_score(result["reward"], key, result["reward_zero"])
+                                  if key is not None else None)  # the paired gain on the reference scale
     core.close()
     return result
 

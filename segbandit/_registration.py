@@ -12,11 +12,11 @@ ENV_ID = "SegBandit-v0"
 POOLED_ENV_ID = "SegBanditPooled-v0"
 # id -> the env's keyword arguments: the paper's dense latent bandit, and an RL-ready variant for MLP clients
 # (pooled observation, bounded channel action, the paired reward r(s) - r(0), episodes of 16 images so that a
-# NEXT_STEP-autoreset client spends 1/17 of its steps on resets)
+# NEXT_STEP-autoreset client spends 1/17 of its steps on resets, latents cached after an image's first encoding)
 ENV_KWARGS: dict[str, dict[str, Any]] = {
     ENV_ID: {},
     POOLED_ENV_ID: {"obs_mode": "pooled", "action_mode": "channel", "action_bound": DEFAULT_ACTION_BOUND,
-                    "paired_reward": True, "episode_length": 16},
+                    "paired_reward": True, "episode_length": 16, "cache_latents": True},
 }
 
 

@@ -6,7 +6,8 @@ the action bound, the shipped co-trained policy at its mean and sampled, and the
 against the true mask, ``envs.evaluation.oracle_actions``).  Measured by ``python benchmarks/reference_scores.py``
 (docs/benchmark.md); ``tests/test_benchmark_env.py`` re-measures the zero action and the policy at its mean.
 
-``normalized_score(r) = 100 * (r - zero) / (policy_mean - zero)``: the zero action scores 0, the co-trained policy 100.
+``normalized_score(r) = 100 * (r - zero) / (policy_mean - zero)``: the zero action scores 0, the co-trained policy 100
+(with the zero action's reward on the same images, the paired gain on the reference's scale).
 """
 from __future__ import annotations
 
@@ -38,12 +39,17 @@ def reference_key(config: Any) -> Union[str, None]:
     return None
 
 
-def normalized_score(reward: float, env_id: str = "SegBanditPooled-v0") -> float:
-    """100 * (reward - zero action) / (co-trained policy at its mean - zero action) for ``env_id``."""
+def normalized_score(reward: float, env_id: str = "SegBanditPooled-v0", reward_zero: Union[float, None] = None) -> float:
+    """100 * (reward - zero action) / (co-trained policy at its mean - zero action) for ``env_id``.
+
+    ``reward_zero``: the zero action's mean reward on the same images as ``reward`` (a paired score on other images
+    than the reference's 256); default: the reference's own.
+    """
     if env_id not in REFERENCE_SCORES:
         raise ValueError(f"no reference scores for {env_id!r}; ids with scores: {', '.join(sorted(REFERENCE_SCORES))}")
     ref = REFERENCE_SCORES[env_id]
-    return 100.0 * (float(reward) - ref["zero"]) / (ref["policy_mean"] - ref["zero"])
+    zero = ref["zero"] if reward_zero is None else float(reward_zero)
+    return 100.0 * (float(reward) - zero) / (ref["policy_mean"] - ref["zero"])
 
 
 __all__ = ["REFERENCE_POLICIES", "REFERENCE_SCORES", "normalized_score", "reference_key"]

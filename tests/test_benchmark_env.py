@@ -208,6 +208,29 @@ def test_torchrl_env_has_a_bounded_action_spec_and_only_the_observation_in_its_o
     assert set(td["next", "info"].keys()) == {"iou", "dice", "ce", "boundary", "reward_zero"}
 
 
+def test_cached_latents_give_the_same_stream_and_encode_each_image_once(bundle_file):
+    kw = dict(action_mode="channel", paired_reward=True, dataset_kwargs={"num_samples": 8})
+    plain, cached = _env(bundle_file, **kw), _env(bundle_file, cache_latents=True, **kw)
+    calls = []
+    cached.segmentor.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    plain.reset(seed=0)
+    cached.reset(seed=0)
+    action = np.full(plain.action_space.shape, 0.5, np.float32)
+    for _ in range(8):  # 16 images: two epochs of the 8 scenes
+        a, b = plain.step(action), cached.step(action)
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-6)
+    assert sum(calls) == 8  # each of the 8 scenes encoded once (8 steps x 2 images + the first reset's)
+
+
+def test_cache_latents_refuses_a_shared_or_augmented_segmentor():
+    seg = build_segmentor("fcn_resnet_tiny", 11, attn_dim=32, num_heads=4)
+    with pytest.raises(ValueError, match="owns"):
+        SegBanditVectorEnv(num_envs=1, segmentor=seg, cache_latents=True, image_size=SIZE, dataset_kwargs=TINY)
+    with pytest.raises(ValueError, match="augment"):
+        SegBanditVectorEnv(num_envs=1, cache_latents=True, augment=True, image_size=SIZE, dataset_kwargs=TINY)
+
+
 # ---------------------------------------------------------------------------- the RL-ready id, rendering, close
 
 

@@ -56,3 +56,11 @@ def test_readme_fit_example_trains_through_the_library_entry_point():
     miou, iterations, keys = proc.stdout.strip().splitlines()[-1].split(" ", 2)
     assert 0.0 <= float(miou) <= 1.0 and iterations == "2"
     assert keys == "['data_time_s', 'failed', 'iterations', 'mean_dice']"
+
+
+def test_benchmark_doc_evaluate_example_scores_the_zero_action_at_zero():
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "benchmark.md").read_text(), flags=re.S)
+    assert len(blocks) == 1
+    proc = _run(blocks[0])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0.0", "0.0"]
