@@ -46,11 +46,11 @@ def env_kwargs(cfg: ClientConfig) -> dict[str, Any]:
     return {**ENV_KWARGS[POOLED_ENV_ID], "dataset_kwargs": {"num_samples": cfg.train_images, "seed": cfg.seed}}
 
 
-def _score(act: Callable[[np.ndarray], np.ndarray], cfg: ClientConfig) -> dict[str, Any]:
+def score_on_val(act: Callable[[np.ndarray], np.ndarray], cfg: ClientConfig) -> dict[str, Any]:
     return evaluate(act, num_images=cfg.val_images, batch_size=min(64, cfg.val_images), **ENV_KWARGS[POOLED_ENV_ID])
 
 
-def _result(name: str, cfg: ClientConfig, before: dict, after: dict, frames: int, seconds: float,
+def client_result(name: str, cfg: ClientConfig, before: dict, after: dict, frames: int, seconds: float,
             curve: list[tuple[int, float]]) -> dict[str, Any]:
     return {"client": name, "seed": cfg.seed, "timesteps": int(frames), "train_s": seconds,
             "reward_zero": after["reward_zero"], "reward_before": before["reward"], "reward_after": after["reward"],
@@ -97,13 +97,13 @@ def train_sb3(algo: str, cfg: ClientConfig) -> dict[str, Any]:
     def act(obs: np.ndarray) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]
 
-    before = _score(act, cfg)
+    before = score_on_val(act, cfg)
     t0 = time.perf_counter()
     model.learn(total_timesteps=cfg.timesteps, callback=Curve())
     seconds = time.perf_counter() - t0
-    after = _score(act, cfg)
+    after = score_on_val(act, cfg)
     venv.close()
-    return _result(f"sb3_{algo}", cfg, before, after, model.num_timesteps, seconds, curve)
+    return client_result(f"sb3_{algo}", cfg, before, after, model.num_timesteps, seconds, curve)
 
 
 def train_torchrl_ppo(cfg: ClientConfig, frames_per_batch: int = 1024, epochs: int = 10,
@@ -146,7 +146,7 @@ def train_torchrl_ppo(cfg: ClientConfig, frames_per_batch: int = 1024, epochs: i
             td = actor(TensorDict({"observation": torch.as_tensor(obs)}, batch_size=[obs.shape[0]]))
         return td["action"].numpy()
 
-    before = _score(act, cfg)
+    before = score_on_val(act, cfg)
     t0, frames, curve = time.perf_counter(), 0, []
     for data in collector:  # frames_per_batch scored images
         frames += data.numel()
@@ -163,9 +163,9 @@ def train_torchrl_ppo(cfg: ClientConfig, frames_per_batch: int = 1024, epochs: i
                 optim.step()
     collector.shutdown()
     seconds = time.perf_counter() - t0
-    after = _score(act, cfg)
+    after = score_on_val(act, cfg)
     env.close()
-    return _result("torchrl_ppo", cfg, before, after, frames, seconds, curve)
+    return client_result("torchrl_ppo", cfg, before, after, frames, seconds, curve)
 
 
 def print_result(result: dict[str, Any]) -> None:
@@ -179,4 +179,5 @@ def print_result(result: dict[str, Any]) -> None:
               f"{'-' if score is None else f'{score:.1f}'}")
 
 
-__all__ = ["ClientConfig", "SB3_ALGOS", "env_kwargs", "print_result", "train_sb3", "train_torchrl_ppo"]
+__all__ = ["ClientConfig", "SB3_ALGOS", "client_result", "env_kwargs", "print_result", "score_on_val", "train_sb3",
+           "train_torchrl_ppo"]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agents.clients import ClientConfig, _result, _score, train_sb3, train_torchrl_ppo  # noqa: E402
+from agents.clients import ClientConfig, client_result, score_on_val, train_sb3, train_torchrl_ppo  # noqa: E402
 from benchmarks import cleanrl_shim  # noqa: E402
 from benchmarks._common import ROOT, RESULTS, finish, machine  # noqa: E402
 from segbandit import POOLED_ENV_ID, REFERENCE_SCORES  # noqa: E402
@@ -78,11 +78,11 @@ def train_cleanrl(script: str, cfg: ClientConfig) -> dict[str, Any]:
         return np.clip(agent.actor_mean(torch.as_tensor(x, dtype=torch.float32)).numpy(), low, high)
 
     before = {"reward": float("nan"), "gain": float("nan"), "normalized_score": None}
-    after = _score(act, cfg)
+    after = score_on_val(act, cfg)
     vec.close()
     per = 1024
     curve = [(i + per, float(np.mean(rewards[i:i + per]))) for i in range(0, len(rewards) - per + 1, per)]
-    return _result("cleanrl_ppo", cfg, before, after, len(rewards), seconds, curve)
+    return client_result("cleanrl_ppo", cfg, before, after, len(rewards), seconds, curve)
 
 
 def _wrappers(env) -> list:

@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable
 from typing import Any, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
