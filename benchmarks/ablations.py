@@ -277,7 +277,8 @@ def load_cached(cache: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
 
 
 DIAG_KEYS: tuple[str, ...] = ("loss_ce", "loss_policy", "loss_kl", "ratio", "clip_fraction", "kl", "log_ratio_max",
-                              "reward_total", "grad_norm", "entropy")  # fmt: skip
+                              "reward_total", "grad_norm", "entropy",
+                              "ratio_final", "clip_fraction_final")  # the last PPO epoch's (ppo_epochs > 1)  # fmt: skip
 
 
 def train_and_evaluate(cfg_dict: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
