@@ -127,6 +127,7 @@ class Row:
     paper: float | None = None
     paper_std: float | None = None
     reference: bool = False  # the table's full-method row (deltas are measured against it)
+    control: bool = False  # the table's capacity-control row: a second paired delta is measured against it
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ TABLES: dict[str, Table] = {
     "6": Table("6", "Table 6 (left): objective terms (Eq. 6)", (
         Row("6", "FCN: L_seg only, no modulation", {"modulation": "none", "lambda_policy": 0.0, "lambda_kl": 0.0}, 67.8),
         Row("6", "L_seg only, Eq. 14 -> MHA(z, z, z) (capacity control)",
-            {"modulation": "self_attention", "lambda_policy": 0.0, "lambda_kl": 0.0}, 71.1, 0.39),
+            {"modulation": "self_attention", "lambda_policy": 0.0, "lambda_kl": 0.0}, 71.1, 0.39, control=True),
         Row("6", "L_seg + L_Policy (lambda_KL = 0)", {"lambda_kl": 0.0}, 77.9, 0.55),
         Row("6", "L_seg + L_Policy + L_KL (ours)", {}, 78.5, 0.43, reference=True),
     ), "The capacity control has the same modules and parameters as the attention modulation, but its attention "
@@ -201,7 +202,7 @@ CE_ONLY = {"modulation": "none", "lambda_policy": 0.0, "lambda_kl": 0.0}
 CONTROL = {"modulation": "self_attention", "lambda_policy": 0.0, "lambda_kl": 0.0}
 TABLES["rl"] = Table("rl", "RL variants that could carry signal, against the same controls", (
     Row("rl", "CE only, no modulation", CE_ONLY, 67.8),
-    Row("rl", "capacity control: MHA(z, z, z), no policy terms", CONTROL, 71.1, 0.39),
+    Row("rl", "capacity control: MHA(z, z, z), no policy terms", CONTROL, 71.1, 0.39, control=True),
     Row("rl", "per-image baseline: RLOO over K = 4 actions", {"baseline": "rloo", "action_samples": 4}),
     Row("rl", "per-image baseline: greedy action r(x, s = mu)", {"baseline": "greedy"}),
     Row("rl", "PPO-EWMA: 4 epochs, ratio vs behaviour, KL vs EMA", {"algo": "ppo_ewma", "ppo_epochs": 4}),
@@ -459,6 +460,8 @@ def summarize(tables: Sequence[str], seeds: Sequence[int], base: dict[str, Any],
                     per_row[row.label][seed] = rec
         ref = next((r for r in table.rows if r.reference), None)
         ref_vals = {s: 100 * rec["miou"] for s, rec in per_row[ref.label].items()} if ref else {}
+        ctl = next((r for r in table.rows if r.control), None)
+        ctl_vals = {s: 100 * rec["miou"] for s, rec in per_row[ctl.label].items()} if ctl else {}
         ref_paper = ref.paper if ref else None
         rows = []
         for row in table.rows:
@@ -467,6 +470,8 @@ def summarize(tables: Sequence[str], seeds: Sequence[int], base: dict[str, Any],
             mean, std = _mean_std(list(vals.values()))
             deltas = [vals[s] - ref_vals[s] for s in vals if s in ref_vals]
             d_mean, d_std = _mean_std(deltas)
+            c_deltas = [vals[s] - ctl_vals[s] for s in vals if s in ctl_vals] if ctl and not row.control else []
+            c_mean, c_std = _mean_std(c_deltas)
             tails = [rec.get("train_tail", {}) for rec in recs.values()]
             tail = {}
             for k in DIAG_KEYS:
@@ -487,6 +492,10 @@ def summarize(tables: Sequence[str], seeds: Sequence[int], base: dict[str, Any],
                 "delta_mean": d_mean if deltas else None,
                 "delta_std": d_std if deltas else None,
                 "delta_t": paired_t(d_mean if deltas else None, d_std if deltas else None, len(deltas)),
+                "control": row.control,
+                "control_delta_mean": c_mean if c_deltas else None,
+                "control_delta_std": c_std if c_deltas else None,
+                "control_delta_t": paired_t(c_mean if c_deltas else None, c_std if c_deltas else None, len(c_deltas)),
                 "skipped_steps": sum(rec.get("skipped", 0) for rec in recs.values()),
                 "failed_runs": sum(1 for rec in recs.values() if rec.get("failed")),
                 "train_tail": tail,
@@ -544,17 +553,19 @@ def paired_t(mean: float | None, std: float | None, n: int) -> float | None:
     return mean / (std / math.sqrt(n))
 
 
-def _t_text(r: dict[str, Any]) -> str:
-    t = r.get("delta_t")
+def _t_text(r: dict[str, Any], key: str = "delta_t") -> str:
+    t = r.get(key)
     return "" if t is None else (f", t = {t:+.1f}" if math.isfinite(t) else ", t = ±inf")
 
 
 def markdown_table(summary_table: dict[str, Any]) -> str:
-    """One markdown table: row | paper | paper Δ | ours | ours Δ (paired) | gap | notes."""
+    """One markdown table: row | paper | paper Δ | ours | ours Δ (paired) [| Δ vs control] | gap | notes."""
+    with_control = any(r.get("control") for r in summary_table["rows"])
+    extra = " ours Δ vs control (paired, t) |" if with_control else ""
     lines = [
-        "| row | paper mIoU | paper Δ vs full | ours mIoU (mean ± std) | ours Δ vs full (paired, mean ± std, t) "
-        "| gap (ours − paper) | seeds | train tail: clip frac / KL / skipped |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| row | paper mIoU | paper Δ vs full | ours mIoU (mean ± std) | ours Δ vs full (paired, mean ± std, t) |"
+        + extra + " gap (ours − paper) | seeds | train tail: clip frac / KL / skipped |",
+        "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if with_control else "") + " ---: | ---: | --- |",
     ]
     for r in summary_table["rows"]:
         paper = "–" if r["paper"] is None else (
@@ -562,14 +573,19 @@ def markdown_table(summary_table: dict[str, Any]) -> str:
         ours = "–" if not r["n"] else f"{r['mean']:.1f} ± {r['std']:.1f}"
         delta = "(ref)" if r["reference"] else (
             "–" if r["delta_mean"] is None else f"{r['delta_mean']:+.2f} ± {r['delta_std']:.2f}" + _t_text(r))
+        control = ""
+        if with_control:
+            c = r.get("control_delta_mean")
+            control = " (control) |" if r.get("control") else (
+                " – |" if c is None else f" {c:+.2f} ± {r['control_delta_std']:.2f}{_t_text(r, 'control_delta_t')} |")
         tail = r["train_tail"]
         diag = f"{_fmt(tail.get('clip_fraction'), 2)} / {_fmt(tail.get('kl'), 3)} / {r['skipped_steps']}"
         if r["failed_runs"]:
             diag += f" ({r['failed_runs']} run(s) stopped)"
         label = f"**{r['label']}**" if r["reference"] else r["label"]
         pdelta = "(ref)" if r["reference"] else _fmt(r["paper_delta"], sign=True)
-        lines.append(f"| {label} | {paper} | {pdelta} | {ours} | {delta} | {_fmt(r['gap'], sign=True)} | {r['n']} "
-                     f"| {diag} |")
+        lines.append(f"| {label} | {paper} | {pdelta} | {ours} | {delta} |{control} {_fmt(r['gap'], sign=True)} "
+                     f"| {r['n']} | {diag} |")
     return "\n".join(lines)
 
 

@@ -87,3 +87,21 @@ def test_two_iteration_one_seed_two_row_run_writes_table_json_and_plot(tmp_path,
     assert "0 to train" in capsys.readouterr().out
     assert len(json.loads((cache / "chunks.json").read_text())) == 1  # a sitting that trains nothing is not logged
     assert again["tables"][tiny_table]["rows"][0]["per_seed"] == rows[0]["per_seed"]
+
+
+def test_tables_with_a_capacity_control_report_the_paired_delta_against_it():
+    def row(label, per_seed, **kw):
+        base = dict(label=label, reference=False, control=False, paper=None, paper_std=None, paper_delta=None,
+                    n=len(per_seed), mean=sum(per_seed) / len(per_seed), std=0.0, gap=None, delta_mean=0.0,
+                    delta_std=0.0, delta_t=None, control_delta_mean=None, control_delta_std=None,
+                    control_delta_t=None, skipped_steps=0, failed_runs=0, train_tail={})
+        return {**base, **kw}
+
+    table = {"rows": [row("control", [60.0], control=True),
+                      row("variant", [61.0], control_delta_mean=1.0, control_delta_std=0.5, control_delta_t=2.0),
+                      row("full", [60.0], reference=True)]}
+    lines = abl.markdown_table(table).splitlines()
+    assert "Δ vs control" in lines[0]
+    assert "(control)" in lines[2] and "+1.00 ± 0.50, t = +2.0" in lines[3]
+    assert {r.label for t in ("6", "rl") for r in abl.TABLES[t].rows if r.control} == {
+        "L_seg only, Eq. 14 -> MHA(z, z, z) (capacity control)", "capacity control: MHA(z, z, z), no policy terms"}
