@@ -8,6 +8,9 @@ Measured in one process, on the same segmentor (fcn_resnet18, random weights: ti
 2. batching: images per second of the native vector env against ``gymnasium.vector.SyncVectorEnv`` over 16
    single ``SegBanditEnv`` (same-step autoreset, so neither wastes steps). Goal: >= 3x.
 3. a cost table against batch size (1..64, 64 px) and image size (64..512 px).
+4. the registered ids on the shipped segmentor (``segbandit.ENV_KWARGS``): per-image step cost at B = 1, 16, 64
+   relative to ``SegBandit-v0`` at B = 16, and for ``SegBanditPooled-v0`` the speed-up of ``cache_latents`` once
+   the cache is warm (``--only-ids`` runs just this part).
 
 Ratios are printed; absolute times only on GPU (on a shared CPU they say little). Everything, absolute times
 included, goes to ``benchmarks/results/bench_env.json``.
@@ -139,6 +142,27 @@ def cost_table(segmentor: Segmentor, batch_sizes: list[int], image_sizes: list[i
     return {"by_batch": rows_b, "by_image_size": rows_s}
 
 
+def ids_table(batch_sizes: list[int], steps: int, device: torch.device, num_images: int = 64) -> list[dict[str, Any]]:
+    """Per-image step time of each registered id at each B (with and without cache_latents where the id caches)."""
+    from segbandit import ENV_KWARGS
+
+    rows = []
+    for env_id, kwargs in ENV_KWARGS.items():
+        for b in batch_sizes:
+            for cache in ((False, True) if kwargs.get("cache_latents") else (False,)):
+                env = SegBanditVectorEnv(num_envs=b, **{**kwargs, "cache_latents": cache, "device": device,
+                                                        "dataset_kwargs": {"num_samples": num_images}})
+                env.reset(seed=0)
+                action = np.zeros(env.action_space.shape, np.float32)
+                for _ in range(num_images // b + 1):  # one epoch: every image encoded (and cached) once
+                    env.step(action)
+                times = [timed(lambda: env.step(action), device) for _ in range(steps)]
+                rows.append({"id": env_id, "batch": b, "cache_latents": cache,
+                             "s_per_image": statistics.median(times) / b})
+                env.close()
+    return rows
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description="SegBandit-v0 overhead and batching benchmark")
     p.add_argument("--quick", action="store_true", help="fewer points and repetitions")
@@ -148,6 +172,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers in parts 2 and 3 (part 1 runs 0 and 1)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--skip-table", action="store_true")
+    p.add_argument("--only-ids", action="store_true", help="run only part 4 (the registered ids)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_env.json"))
     args = p.parse_args(argv)
     if args.threads is not None:
@@ -169,6 +194,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "num_workers": args.num_workers,
         "steps": steps,
     }
+
+    if args.only_ids:
+        return _ids_part(results, steps, device, gpu, args.out)
 
     # 1. overhead of env.step over the bare work (numpy = Gymnasium default; torch = no conversions)
     overhead = {}
@@ -220,10 +248,26 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             extra = f"   {r['env_s_per_image'] * 1e3:.2f} ms/img" if gpu else ""
             print(f"   {r['image']:4d} px  cost/img {r['env_s_per_image'] / base:8.2f}  env/bare {r['ratio']:.3f}{extra}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    return _ids_part(results, steps, device, gpu, args.out)
+
+
+def _ids_part(results: dict[str, Any], steps: int, device: torch.device, gpu: bool, out: str) -> dict[str, Any]:
+    rows = ids_table([1, 16, 64], steps, device)
+    results["ids"] = rows
+    ref = next(r["s_per_image"] for r in rows if r["id"] == "SegBandit-v0" and r["batch"] == 16)
+    print("4. registered ids (shipped segmentor, 64 px): per-image step cost relative to SegBandit-v0 at B=16")
+    for r in rows:
+        extra = f"   {r['s_per_image'] * 1e3:.2f} ms/img" if gpu else ""
+        print(f"   {r['id']:20s} B={r['batch']:3d} cache_latents={str(r['cache_latents']):5s} "
+              f"cost/img {r['s_per_image'] / ref:.3f}{extra}")
+    for b in sorted({r["batch"] for r in rows}):
+        pair = {r["cache_latents"]: r["s_per_image"] for r in rows if r["id"] == "SegBanditPooled-v0" and r["batch"] == b}
+        if len(pair) == 2:
+            print(f"   SegBanditPooled-v0 B={b:3d}: cache_latents speed-up {pair[False] / pair[True]:.2f}x")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
     return results
 
 
