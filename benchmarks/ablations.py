@@ -365,8 +365,10 @@ def table_seeds(table: str, seeds: Sequence[int], grid_seeds: int | None = None)
 
 
 def plan(tables: Sequence[str], seeds: Sequence[int], base: dict[str, Any],
-         grid_seeds: int | None = None) -> tuple[list[dict[str, Any]], dict]:
-    """Unique (config, seed) tasks, seed-major, and a map (table, label, seed) -> key."""
+         grid_seeds: int | None = None, rows: str | None = None) -> tuple[list[dict[str, Any]], dict]:
+    """Unique (config, seed) tasks, seed-major, and a map (table, label, seed) -> key.
+
+    ``rows``: train only the rows whose label contains this text (the others are read from the cache if there)."""
     tasks: list[dict[str, Any]] = []
     seen: set[str] = set()
     keys: dict[tuple[str, str, int], str] = {}
@@ -376,6 +378,8 @@ def plan(tables: Sequence[str], seeds: Sequence[int], base: dict[str, Any],
                 cfg = row_config(base, row, seed)
                 key = config_key(cfg)
                 keys[(t, row.label, seed)] = key
+                if rows is not None and rows not in row.label:
+                    continue
                 if key not in seen:
                     seen.add(key)
                     tasks.append(cfg)
@@ -711,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1), default 5")
     p.add_argument("--grid-seeds", type=int, default=3, help="seeds of the lambda grid (Table 6 right), default 3")
     p.add_argument("--tables", default=",".join(TABLE_KEYS), help=f"comma list of {', '.join(TABLE_KEYS)}")
+    p.add_argument("--rows", default=None, help="train only the rows whose label contains this text (e.g. 'no modulation')")
     p.add_argument("--jobs", type=int, default=2, help="parallel worker processes (1 thread each on CPU)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=HARNESS_DIGITS_PRESET)
     p.add_argument("--data-root", default=None, help="VOC root (folder containing VOCdevkit): switches to VOC")
@@ -760,7 +765,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.img_dir = args.img_dir or str(R18_IMG if r18 else DEFAULT_IMG)
     seeds = list(range(args.seeds))
     cache = Path(args.cache)
-    tasks, _ = plan(tables, seeds, base, args.grid_seeds)
+    tasks, _ = plan(tables, seeds, base, args.grid_seeds, args.rows)
     command = "python benchmarks/ablations.py" + ("" if argv is None and len(sys.argv) <= 1 else
                                                    " " + " ".join(sys.argv[1:] if argv is None else argv))
     budget_desc = {k: base[k] for k in ("model", "crop_size", "batch_size", "max_iters", "train_size", "val_size",

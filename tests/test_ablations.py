@@ -105,3 +105,9 @@ def test_tables_with_a_capacity_control_report_the_paired_delta_against_it():
     assert "(control)" in lines[2] and "+1.00 ± 0.50, t = +2.0" in lines[3]
     assert {r.label for t in ("6", "rl") for r in abl.TABLES[t].rows if r.control} == {
         "L_seg only, Eq. 14 -> MHA(z, z, z) (capacity control)", "capacity control: MHA(z, z, z), no policy terms"}
+
+
+def test_rows_filter_plans_only_the_matching_rows():
+    tasks, keys = abl.plan(["6"], [0, 1], _base(), rows="no modulation")
+    assert len(tasks) == 2 and all(t["modulation"] == "none" for t in tasks)
+    assert len(keys) == 2 * len(abl.TABLES["6"].rows)  # every row keeps its key for the report
