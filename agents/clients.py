@@ -10,8 +10,12 @@ runs them for several seeds beside CleanRL's own script.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -168,6 +172,33 @@ def train_torchrl_ppo(cfg: ClientConfig, frames_per_batch: int = 1024, epochs: i
     return client_result("torchrl_ppo", cfg, before, after, frames, seconds, curve)
 
 
+def client_parser(description: str) -> argparse.ArgumentParser:
+    """A client script's flags: one per :class:`ClientConfig` field (so none goes missing), ``--threads``, ``--json``."""
+    p = argparse.ArgumentParser(description=description)
+    for f in dataclasses.fields(ClientConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action="store_true")
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None, help="also write the result here")
+    return p
+
+
+def run_client(args: argparse.Namespace, train: Callable[[ClientConfig], dict[str, Any]]) -> dict[str, Any]:
+    """Set the threads, build the :class:`ClientConfig` (``--quick``: a tiny run), train, print, write ``--json``."""
+    torch.set_num_threads(args.threads)
+    cfg = ClientConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClientConfig)})
+    if cfg.quick:
+        cfg = dataclasses.replace(cfg, timesteps=64, num_envs=4, val_images=8, train_images=64)
+    result = train(cfg)
+    print_result(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def print_result(result: dict[str, Any]) -> None:
     """The run's before / after lines."""
     print(f"{result['client']} seed {result['seed']}: {result['timesteps']} scored images in {result['train_s']:.0f} s")
@@ -179,5 +210,5 @@ def print_result(result: dict[str, Any]) -> None:
               f"{'-' if score is None else f'{score:.1f}'}")
 
 
-__all__ = ["ClientConfig", "SB3_ALGOS", "client_result", "env_kwargs", "print_result", "score_on_val", "train_sb3",
-           "train_torchrl_ppo"]
+__all__ = ["ClientConfig", "SB3_ALGOS", "client_parser", "client_result", "env_kwargs", "print_result", "run_client",
+           "score_on_val", "train_sb3", "train_torchrl_ppo"]
