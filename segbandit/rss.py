@@ -1,0 +1,365 @@
+"""Reward-only segmentation (RSS): the segmentor itself is a pixel policy trained from rewards alone.
+
+Only the abstract of the RSS paper is public (``shared/seeds/rss_reward_in_semantic_segmentation.txt``); every
+formula below is our design consistent with it, listed in docs/rss.md:
+
+* the policy: pi(a | x) = prod_p Cat(a_p; softmax(logits_p / T)); void pixels (255) take no action;
+* pixel-level reward r_p = 1[a_p = y_p] with the per-pixel baseline b_p = pi(y_p | x), so A_p = r_p - pi(y_p | x);
+* image-level reward: one scalar per sampled map (per-image mIoU by default, or any callable
+  ``reward(pred (N, H, W), target (N, H, W)) -> (N,)``), G maps per image, baseline = mean of the other samples;
+* PSR (progressive scale reward): the policy acts on an average-pooled logit grid (1/16 -> 1/8 -> 1/4 -> 1/1 of
+  the image), scored against the mode-pooled target; every active scale's log-probability is weighted by its
+  own reward;
+* PSD (pairwise spatial discrepancy): A^i_p = mean_{j != i} (R_i - R_j) 1[a^i_p != a^j_p]: a pixel where the
+  samples agree gets no credit;
+* advantages are normalised by their mean and std over every rank of a ``torchrun`` job.
+
+Everything is batched over samples, images and pixels; rewards and advantages are float32.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from segbandit.constants import IGNORE_INDEX
+from segbandit.distributed import SINGLE, DistInfo, all_reduce_sum
+from segbandit.rewards import boundary_reward, dice_reward, iou_reward
+
+ImageReward = Callable[[Tensor, Tensor], Tensor]  # (N, H, W) pred, (N, H, W) target -> (N,)
+
+REWARD_LEVELS: tuple[str, ...] = ("pixel", "image")
+
+
+def _check_logits(logits: Tensor) -> None:
+    if logits.dim() != 4 or not logits.is_floating_point():
+        raise ValueError(f"expected float logits of shape (B, K, H, W), got {tuple(logits.shape)} {logits.dtype}")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"expected a temperature > 0, got {temperature}")
+
+
+def _check_samples(actions: Tensor, logits: Tensor) -> None:
+    b, _, h, w = logits.shape
+    if actions.dim() != 4 or tuple(actions.shape[1:]) != (b, h, w):
+        raise ValueError(f"expected actions of shape (G, {b}, {h}, {w}), got {tuple(actions.shape)}")
+
+
+def _check_num_samples(num_samples: int, minimum: int, why: str) -> None:
+    if num_samples < minimum:
+        raise ValueError(f"expected G >= {minimum} samples per image {why}, got G={num_samples}")
+
+
+# ----------------------------------------------------------------------------- the pixel policy
+
+
+def pixel_log_probs(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """log softmax(logits / T) over classes, in float32: (B, K, H, W) -> (B, K, H, W)."""
+    _check_logits(logits)
+    _check_temperature(temperature)
+    return F.log_softmax(logits.float() / temperature, dim=1)
+
+
+def sample_actions(logits: Tensor, num_samples: int, temperature: float = 1.0) -> Tensor:
+    """G label maps drawn from the pixel policy: (B, K, H, W) -> (G, B, H, W) int64."""
+    _check_num_samples(num_samples, 1, "to sample")
+    logp = pixel_log_probs(logits.detach(), temperature)  # (B, K, H, W)
+    dist = torch.distributions.Categorical(logits=logp.permute(0, 2, 3, 1))  # batch (B, H, W), K events
+    return dist.sample((num_samples,))  # (G, B, H, W)
+
+
+def action_log_prob(logits: Tensor, actions: Tensor, temperature: float = 1.0) -> Tensor:
+    """log pi(a_p | x) per pixel of each sampled map: (B, K, H, W), (G, B, H, W) -> (G, B, H, W) float32."""
+    _check_samples(actions, logits)
+    logp = pixel_log_probs(logits, temperature)  # (B, K, H, W)
+    g = actions.shape[0]
+    return logp.unsqueeze(0).expand(g, *logp.shape).gather(2, actions.unsqueeze(2)).squeeze(2)  # (G, B, H, W)
+
+
+# ----------------------------------------------------------------------------- scales (PSR)
+
+
+def check_scales(factors: Sequence[int], height: int, width: int) -> None:
+    """Every PSR pooling factor must divide the image: ValueError naming the factor and the size otherwise."""
+    for f in factors:
+        if f < 1 or height % f or width % f:
+            raise ValueError(f"expected every scale factor to divide the image size {height}x{width}, got factor {f}")
+
+
+def mode_pool(target: Tensor, factor: int, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """The most frequent non-void label of every factor x factor cell; void where a cell is all void.
+
+    target: (B, H, W) int -> (B, H / factor, W / factor) int64.
+    """
+    if target.dim() != 3:
+        raise ValueError(f"expected a target of shape (B, H, W), got {tuple(target.shape)}")
+    check_scales([factor], target.shape[-2], target.shape[-1])
+    t = target.long()
+    if factor == 1:
+        return t
+    valid = t != ignore_index  # (B, H, W)
+    onehot = F.one_hot(t.clamp(0, num_classes - 1), num_classes) * valid.unsqueeze(-1)  # (B, H, W, K)
+    counts = F.avg_pool2d(onehot.permute(0, 3, 1, 2).float(), factor)  # (B, K, h, w)
+    mode = counts.argmax(1)  # (B, h, w)
+    return torch.where(counts.sum(1) > 0, mode, torch.full_like(mode, ignore_index))
+
+
+def pool_logits(logits: Tensor, factor: int) -> Tensor:
+    """The policy's logits on a coarse grid (mean over each cell): (B, K, H, W) -> (B, K, H / f, W / f)."""
+    _check_logits(logits)
+    check_scales([factor], logits.shape[-2], logits.shape[-1])
+    return logits if factor == 1 else F.avg_pool2d(logits, factor)
+
+
+@dataclass
+class ScaleSchedule:
+    """PSR's coarse-to-fine schedule of pooling factors.
+
+    Moves to the next finer factor at each of ``milestones`` (iterations), or, with ``milestones`` empty, when the
+    finest active scale's mean reward has not improved by ``min_delta`` for ``patience`` updates (a plateau).
+    ``cumulative`` keeps the coarser scales active (each weighted by its own reward) after moving on.
+    """
+
+    factors: tuple[int, ...] = (16, 8, 4, 1)
+    milestones: tuple[int, ...] = ()
+    patience: int = 50
+    min_delta: float = 1e-3
+    cumulative: bool = True
+    stage: int = 0
+    _best: float = field(default=float("-inf"), repr=False)
+    _stale: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.factors or list(self.factors) != sorted(self.factors, reverse=True):
+            raise ValueError(f"expected scale factors from coarse to fine (decreasing), got {self.factors}")
+        if self.milestones and len(self.milestones) != len(self.factors) - 1:
+            raise ValueError(
+                f"expected {len(self.factors) - 1} milestones for {len(self.factors)} scales, got {self.milestones}"
+            )
+
+    def active(self) -> tuple[int, ...]:
+        """The factors trained at this stage, coarse to fine."""
+        return self.factors[: self.stage + 1] if self.cumulative else (self.factors[self.stage],)
+
+    def step(self, iteration: int, reward: float | None = None) -> bool:
+        """Advance the stage after ``iteration`` (with the finest active scale's mean reward); True if it moved."""
+        last = len(self.factors) - 1
+        if self.stage >= last:
+            return False
+        if self.milestones:
+            moved = iteration + 1 >= self.milestones[self.stage]
+        else:
+            if reward is None:
+                raise ValueError("expected the finest active scale's reward for a plateau schedule, got None")
+            if reward > self._best + self.min_delta:
+                self._best, self._stale = reward, 0
+            else:
+                self._stale += 1
+            moved = self._stale >= self.patience
+        if moved:
+            self.stage += 1
+            self._best, self._stale = float("-inf"), 0
+        return moved
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"stage": self.stage, "best": self._best, "stale": self._stale}
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        self.stage, self._best, self._stale = int(state["stage"]), float(state["best"]), int(state["stale"])
+
+
+# ----------------------------------------------------------------------------- rewards
+
+
+def pixel_advantage(
+    logits: Tensor, actions: Tensor, target: Tensor, temperature: float = 1.0, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
+    """A_p = 1[a_p = y_p] - pi(y_p | x), 0 at void pixels: -> (G, B, H, W) float32 (no gradient)."""
+    _check_samples(actions, logits)
+    if tuple(target.shape) != tuple(actions.shape[1:]):
+        raise ValueError(f"expected a target of shape {tuple(actions.shape[1:])}, got {tuple(target.shape)}")
+    valid = target != ignore_index  # (B, H, W)
+    y = torch.where(valid, target, torch.zeros_like(target)).long()
+    p_true = pixel_log_probs(logits.detach(), temperature).gather(1, y.unsqueeze(1)).squeeze(1).exp()  # (B, H, W)
+    reward = (actions == y.unsqueeze(0)).float()  # (G, B, H, W)
+    return torch.where(valid, reward - p_true, torch.zeros_like(reward))  # Eq. r_p - b_p
+
+
+def _miou(num_classes: int) -> ImageReward:
+    return lambda pred, target: iou_reward(pred, target, num_classes)
+
+
+def _dice(num_classes: int) -> ImageReward:
+    return lambda pred, target: dice_reward(pred, target, num_classes)
+
+
+def _boundary(num_classes: int) -> ImageReward:
+    return lambda pred, target: boundary_reward(pred, target)
+
+
+# name -> factory(num_classes) -> reward(pred (N, H, W), target (N, H, W)) -> (N,) in [0, 1].  The CE term of the
+# composite reward needs probabilities, which a sampled label map does not have, so it is not an image reward here.
+IMAGE_REWARDS: dict[str, Callable[[int], ImageReward]] = {"miou": _miou, "dice": _dice, "boundary": _boundary}
+
+
+def make_image_reward(name: str, num_classes: int) -> ImageReward:
+    """The image-level reward registered as ``name`` (read at call time, so user registrations count)."""
+    if name not in IMAGE_REWARDS:
+        raise ValueError(f"unknown image reward {name!r}; expected one of {sorted(IMAGE_REWARDS)}")
+    return IMAGE_REWARDS[name](num_classes)
+
+
+def image_rewards(
+    reward_fn: ImageReward, actions: Tensor, target: Tensor, low: float = 0.0, high: float = 1.0
+) -> Tensor:
+    """One scalar per sampled map: (G, B, H, W) maps, (B, H, W) target -> (G, B) float32, checked.
+
+    ValueError when the callable returns another shape, a non-finite value or a value outside [low, high].
+    """
+    g, b, h, w = actions.shape
+    if tuple(target.shape) != (b, h, w):
+        raise ValueError(f"expected a target of shape {(b, h, w)}, got {tuple(target.shape)}")
+    flat = reward_fn(actions.reshape(g * b, h, w), target.unsqueeze(0).expand(g, b, h, w).reshape(g * b, h, w))
+    if not isinstance(flat, Tensor) or tuple(flat.shape) != (g * b,):
+        got = tuple(flat.shape) if isinstance(flat, Tensor) else type(flat).__name__
+        raise ValueError(f"expected the reward callable to return shape ({g * b},), got {got}")
+    flat = flat.float()
+    if not torch.isfinite(flat).all():
+        raise ValueError(f"expected finite rewards, got {int((~torch.isfinite(flat)).sum())} non-finite values")
+    if (flat < low).any() or (flat > high).any():
+        raise ValueError(f"expected rewards in [{low}, {high}], got min {flat.min():.4g}, max {flat.max():.4g}")
+    return flat.view(g, b)
+
+
+def group_advantage(rewards: Tensor) -> Tensor:
+    """R_i minus the mean of the other samples of the same image: (G, B) -> (G, B)."""
+    g = rewards.shape[0]
+    _check_num_samples(g, 2, "for a group baseline")
+    return rewards - (rewards.sum(0, keepdim=True) - rewards) / (g - 1)
+
+
+def psd_advantage(rewards: Tensor, actions: Tensor) -> Tensor:
+    """PSD: A^i_p = mean_{j != i} (R_i - R_j) 1[a^i_p != a^j_p]: (G, B), (G, B, H, W) -> (G, B, H, W) float32."""
+    g = rewards.shape[0]
+    _check_num_samples(g, 2, "for pairwise spatial discrepancy")
+    if tuple(actions.shape[:2]) != tuple(rewards.shape):
+        raise ValueError(f"expected actions of shape {tuple(rewards.shape)} + (H, W), got {tuple(actions.shape)}")
+    adv = torch.zeros(actions.shape, dtype=torch.float32, device=actions.device)  # (G, B, H, W)
+    for j in range(g):  # G is a handful of samples; pixels and images stay batched
+        diff = (rewards - rewards[j]).float()[:, :, None, None]  # (G, B, 1, 1)
+        adv += diff * (actions != actions[j])  # the j = i term is zero
+    return adv / (g - 1)
+
+
+def normalize_advantage(
+    adv: Tensor, valid: Tensor, info: DistInfo = SINGLE, center: bool = True, eps: float = 1e-6
+) -> Tensor:
+    """(adv - mean) / std over the valid entries of every rank (``center=False``: adv / rms); invalid stay 0.
+
+    Group and PSD advantages already sum to zero over the G samples of a pixel, and a PSD pixel where all samples
+    agree must keep zero credit, so they are scaled without centring.
+    """
+    if tuple(valid.shape) != tuple(adv.shape):
+        raise ValueError(f"expected a valid mask of shape {tuple(adv.shape)}, got {tuple(valid.shape)}")
+    a = torch.where(valid, adv.float(), torch.zeros_like(adv, dtype=torch.float32))
+    stats = torch.stack([a.sum(), (a * a).sum(), valid.sum().float()])  # (3,)
+    total, sq, n = all_reduce_sum(stats, info).unbind()
+    n = n.clamp(min=1.0)
+    mean = total / n if center else torch.zeros_like(total)
+    std = (sq / n - mean * mean).clamp(min=0.0).sqrt()
+    return torch.where(valid, (a - mean) / (std + eps), torch.zeros_like(a))
+
+
+def policy_gradient_loss(log_prob: Tensor, adv: Tensor, valid: Tensor) -> Tensor:
+    """-mean over valid pixels of A * log pi(a): the REINFORCE surrogate, a float32 scalar."""
+    return -(adv.detach() * log_prob).masked_fill(~valid, 0.0).sum() / valid.sum().clamp(min=1)
+
+
+# ----------------------------------------------------------------------------- the objective
+
+
+@dataclass(frozen=True)
+class RSSConfig:
+    """How the reward reaches the pixel policy."""
+
+    level: str = "image"  # "pixel" or "image"
+    num_samples: int = 4  # G sampled maps per image
+    temperature: float = 1.0
+    psd: bool = True  # pairwise spatial discrepancy (image level)
+    normalize: bool = True  # advantage normalisation (synchronised over ranks)
+    reward: str = "miou"  # an IMAGE_REWARDS name (image level)
+
+    def __post_init__(self) -> None:
+        if self.level not in REWARD_LEVELS:
+            raise ValueError(f"unknown reward level {self.level!r}; expected one of {list(REWARD_LEVELS)}")
+        _check_temperature(self.temperature)
+        _check_num_samples(self.num_samples, 2 if self.level == "image" else 1, f"at the {self.level} level")
+
+
+def rss_loss(
+    logits: Tensor,
+    target: Tensor,
+    config: RSSConfig,
+    factors: Sequence[int] = (1,),
+    reward_fn: ImageReward | None = None,
+    num_classes: int | None = None,
+    info: DistInfo = SINGLE,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[Tensor, dict[str, float]]:
+    """The reward-only loss summed over the active PSR ``factors``, each scale weighted by its own reward.
+
+    logits: (B, K, H, W) of the segmentor at the target's size; target: (B, H, W).  Returns the scalar loss and,
+    per factor f, ``reward/f`` (mean reward of the sampled maps) for the plateau schedule and the logs.
+    """
+    _check_logits(logits)
+    if tuple(target.shape) != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(f"expected a target of shape {(logits.shape[0], *logits.shape[2:])}, got {tuple(target.shape)}")
+    check_scales(factors, target.shape[-2], target.shape[-1])
+    k = num_classes or logits.shape[1]
+    fn = reward_fn or make_image_reward(config.reward, k)
+    loss = logits.new_zeros((), dtype=torch.float32)
+    stats: dict[str, float] = {}
+    for f in factors:
+        lg = pool_logits(logits, f)  # (B, K, h, w)
+        y = mode_pool(target, f, k, ignore_index)  # (B, h, w)
+        actions = sample_actions(lg, config.num_samples, config.temperature)  # (G, B, h, w)
+        valid = (y != ignore_index).unsqueeze(0).expand_as(actions)  # void pixels take no action
+        if config.level == "pixel":
+            adv = pixel_advantage(lg, actions, y, config.temperature, ignore_index)
+            stats[f"reward/{f}"] = float((actions == y).float()[valid].mean()) if valid.any() else 0.0
+        else:
+            rewards = image_rewards(fn, actions, y)  # (G, B)
+            adv = psd_advantage(rewards, actions) if config.psd else group_advantage(rewards)[:, :, None, None]
+            adv = adv.expand_as(actions)
+            stats[f"reward/{f}"] = float(rewards.mean())
+        if config.normalize:
+            adv = normalize_advantage(adv, valid, info, center=config.level == "pixel")
+        loss = loss + policy_gradient_loss(action_log_prob(lg, actions, config.temperature), adv, valid)
+    return loss, stats
+
+
+__all__ = [
+    "IMAGE_REWARDS",
+    "REWARD_LEVELS",
+    "RSSConfig",
+    "ScaleSchedule",
+    "action_log_prob",
+    "check_scales",
+    "group_advantage",
+    "image_rewards",
+    "make_image_reward",
+    "mode_pool",
+    "normalize_advantage",
+    "pixel_advantage",
+    "pixel_log_probs",
+    "policy_gradient_loss",
+    "pool_logits",
+    "psd_advantage",
+    "rss_loss",
+    "sample_actions",
+]
