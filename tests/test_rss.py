@@ -137,3 +137,39 @@ def test_reward_only_training_learns_a_scene_beyond_background(level, psd):
         sched.step(it)
     acc = float((logits.argmax(1) == target)[valid].float().mean())
     assert acc > background + 0.15, (acc, background)
+
+
+def _normalize_worker(rank: int, world: int, port: int, tmp: str) -> None:
+    import torch.distributed as dist
+
+    from segbandit.distributed import DistInfo
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        adv, valid = _rank_advantages()
+        out = normalize_advantage(adv[rank], valid[rank], DistInfo(rank, world, rank))
+        torch.save(out, f"{tmp}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _rank_advantages() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    adv = torch.randn(2, 4, 2, 8, 8, generator=g) * torch.tensor([1.0, 5.0]).view(2, 1, 1, 1, 1)  # ranks differ
+    return adv, torch.rand(2, 4, 2, 8, 8, generator=g) > 0.2
+
+
+def test_advantage_normalisation_is_global_across_ranks(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_normalize_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    adv, valid = _rank_advantages()
+    want = normalize_advantage(adv.reshape(8, 2, 8, 8), valid.reshape(8, 2, 8, 8)).reshape(2, 4, 2, 8, 8)
+    for rank in range(2):
+        torch.testing.assert_close(torch.load(tmp_path / f"rank{rank}.pt"), want[rank])
