@@ -68,17 +68,25 @@ def pixel_log_probs(logits: Tensor, temperature: float = 1.0) -> Tensor:
 def sample_actions(logits: Tensor, num_samples: int, temperature: float = 1.0) -> Tensor:
     """G label maps drawn from the pixel policy: (B, K, H, W) -> (G, B, H, W) int64."""
     _check_num_samples(num_samples, 1, "to sample")
-    logp = pixel_log_probs(logits.detach(), temperature)  # (B, K, H, W)
-    dist = torch.distributions.Categorical(logits=logp.permute(0, 2, 3, 1))  # batch (B, H, W), K events
+    return _sample(pixel_log_probs(logits.detach(), temperature), num_samples)
+
+
+def _sample(logp: Tensor, num_samples: int) -> Tensor:
+    """(B, K, H, W) log-probabilities -> (G, B, H, W) sampled labels."""
+    dist = torch.distributions.Categorical(logits=logp.detach().permute(0, 2, 3, 1))  # batch (B, H, W), K events
     return dist.sample((num_samples,))  # (G, B, H, W)
 
 
 def action_log_prob(logits: Tensor, actions: Tensor, temperature: float = 1.0) -> Tensor:
     """log pi(a_p | x) per pixel of each sampled map: (B, K, H, W), (G, B, H, W) -> (G, B, H, W) float32."""
     _check_samples(actions, logits)
-    logp = pixel_log_probs(logits, temperature)  # (B, K, H, W)
+    return _taken(pixel_log_probs(logits, temperature), actions)
+
+
+def _taken(logp: Tensor, actions: Tensor) -> Tensor:
+    """(B, K, H, W) log-probabilities at the (G, B, H, W) taken labels -> (G, B, H, W)."""
     g = actions.shape[0]
-    return logp.unsqueeze(0).expand(g, *logp.shape).gather(2, actions.unsqueeze(2)).squeeze(2)  # (G, B, H, W)
+    return logp.unsqueeze(0).expand(g, *logp.shape).gather(2, actions.unsqueeze(2)).squeeze(2)
 
 
 # ----------------------------------------------------------------------------- scales (PSR)
@@ -183,9 +191,14 @@ def pixel_advantage(
     _check_samples(actions, logits)
     if tuple(target.shape) != tuple(actions.shape[1:]):
         raise ValueError(f"expected a target of shape {tuple(actions.shape[1:])}, got {tuple(target.shape)}")
+    return _pixel_advantage(pixel_log_probs(logits.detach(), temperature), actions, target, ignore_index)
+
+
+def _pixel_advantage(logp: Tensor, actions: Tensor, target: Tensor, ignore_index: int) -> Tensor:
+    """Unchecked core of :func:`pixel_advantage` on (B, K, H, W) log-probabilities."""
     valid = target != ignore_index  # (B, H, W)
     y = torch.where(valid, target, torch.zeros_like(target)).long()
-    p_true = pixel_log_probs(logits.detach(), temperature).gather(1, y.unsqueeze(1)).squeeze(1).exp()  # (B, H, W)
+    p_true = logp.detach().gather(1, y.unsqueeze(1)).squeeze(1).exp()  # (B, H, W)
     reward = (actions == y.unsqueeze(0)).float()  # (G, B, H, W)
     return torch.where(valid, reward - p_true, torch.zeros_like(reward))  # Eq. r_p - b_p
 
@@ -325,12 +338,12 @@ def rss_loss(
     loss = logits.new_zeros((), dtype=torch.float32)
     stats: dict[str, float] = {}
     for f in factors:
-        lg = pool_logits(logits, f)  # (B, K, h, w)
+        logp = pixel_log_probs(pool_logits(logits, f), config.temperature)  # (B, K, h, w), once per scale
         y = mode_pool(target, f, k, ignore_index)  # (B, h, w)
-        actions = sample_actions(lg, config.num_samples, config.temperature)  # (G, B, h, w)
+        actions = _sample(logp, config.num_samples)  # (G, B, h, w)
         valid = (y != ignore_index).unsqueeze(0).expand_as(actions)  # void pixels take no action
         if config.level == "pixel":
-            adv = pixel_advantage(lg, actions, y, config.temperature, ignore_index)
+            adv = _pixel_advantage(logp, actions, y, ignore_index)
             stats[f"reward/{f}"] = float((actions == y).float()[valid].mean()) if valid.any() else 0.0
         else:
             rewards = image_rewards(fn, actions, y)  # (G, B)
@@ -339,7 +352,7 @@ def rss_loss(
             stats[f"reward/{f}"] = float(rewards.mean())
         if config.normalize:
             adv = normalize_advantage(adv, valid, info, center=config.level == "pixel")
-        loss = loss + policy_gradient_loss(action_log_prob(lg, actions, config.temperature), adv, valid)
+        loss = loss + policy_gradient_loss(_taken(logp, actions), adv, valid)
     return loss, stats
 
 

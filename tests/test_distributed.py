@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import free_port
 from agents.checkpoint import checkpoint_name, list_checkpoints, load_checkpoint
 from agents.config import make_config
 from agents.distributed import SINGLE, DistInfo, GlobalBatchNorm2d, dist_info_from_env
@@ -44,12 +44,6 @@ MAIN_ARGS = [
     "--device", "cpu", "--num-workers", "0", "--eval-every", "2", "--save-every", "2", "--log-every", "1",
     "--no-eval-stochastic", "--sync-bn",
 ]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_library(info: DistInfo) -> dict[str, torch.Tensor]:
@@ -93,7 +87,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(tmp)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(WORLD, free_port(), str(tmp)), nprocs=WORLD, join=True)
     return tmp
 
 

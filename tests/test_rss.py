@@ -161,14 +161,11 @@ def _rank_advantages() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_advantage_normalisation_is_global_across_ranks(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_normalize_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    from conftest import free_port
+
+    mp.spawn(_normalize_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     adv, valid = _rank_advantages()
     want = normalize_advantage(adv.reshape(8, 2, 8, 8), valid.reshape(8, 2, 8, 8)).reshape(2, 4, 2, 8, 8)
     for rank in range(2):
