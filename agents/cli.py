@@ -5,7 +5,7 @@ left without one.  A field's ``metadata`` (see ``agents.config._knob``) gives th
 valid choices, the words that set it to None, and any alias; its type annotation gives the parser:
 
 - ``bool``: ``--name`` / ``--no-name`` (:class:`argparse.BooleanOptionalAction`);
-- ``int``, ``float``, ``str``: that type; ``tuple[float, ...]``: comma-separated floats;
+- ``int``, ``float``, ``str``: that type; ``tuple[float, ...]`` / ``tuple[int, ...]``: comma-separated numbers;
 - ``X | None``: ``X``, or one of the field's ``none_words`` -> :data:`agents.config.EXPLICIT_NONE`;
 - ``reward_weights``: :func:`segbandit.rewards.parse_reward_weights` (``1,1,0,1``).
 
@@ -44,6 +44,14 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    """argparse type: ``"16,8,4,1"`` -> ``(16, 8, 4, 1)``."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _reward_weights(text: str) -> dict[str, float]:
     """argparse type: ``"1,1,0,1"`` -> ``{"iou": 1.0, "dice": 1.0, "ce": 0.0, "boundary": 1.0}``."""
     try:
@@ -56,8 +64,9 @@ def _reward_weights(text: str) -> dict[str, float]:
 FIELD_PARSERS: dict[str, Parse] = {"reward_weights": _reward_weights}
 
 # The parser of each supported (non-None) annotation, and how its error message names the expected text.
-_TYPE_PARSERS: dict[Any, Parse] = {int: int, float: float, str: str, tuple[float, ...]: _floats}
-_EXPECTED: dict[Parse, str] = {int: "an integer", float: "a number", str: "a string", _floats: "comma-separated numbers"}
+_TYPE_PARSERS: dict[Any, Parse] = {int: int, float: float, str: str, tuple[float, ...]: _floats, tuple[int, ...]: _ints}
+_EXPECTED: dict[Parse, str] = {int: "an integer", float: "a number", str: "a string", _floats: "comma-separated numbers",
+                               _ints: "comma-separated integers"}
 
 
 def _or_none(parse: Parse, words: tuple[str, ...]) -> Parse:

@@ -28,7 +28,13 @@ LOGPROB_REDUCTIONS: tuple[str, ...] = REDUCTIONS  # segbandit.policy's, under th
 MIN_CROP_SIZE = 16  # DigitScenes' smallest scene; a stride-8 segmentor then still has a 2 x 2 latent
 
 # The argument groups of the main job's --help, in display order (agents.cli builds one group per name).
-GROUPS: tuple[str, ...] = ("run", "data", "model", "RL objective", "optimisation")
+GROUPS: tuple[str, ...] = ("run", "data", "model", "RL objective", "reward-only segmentation", "optimisation")
+# What trains the segmentor: the latent-space RL of Eq. 6 (CE + latent policy), or reward-only segmentation (RSS, the
+# second seed): the segmentor itself is a pixel policy trained from rewards alone (segbandit.rss, docs/rss.md).
+OBJECTIVES: tuple[str, ...] = ("latent_rl", "rss")
+# An RSS run's defaults where the flags leave them (make_config): no latent modulation (the segmentor is the policy),
+# no auxiliary CE head, no sampled-action evaluation (there is no latent action to sample).
+RSS_DEFAULTS: dict[str, Any] = {"modulation": "none", "aux_weight": 0.0, "eval_stochastic": False}
 
 # A field's valid names: a fixed tuple, or a zero-argument callable that reads a registry when the parser is built
 # (so a name registered after import is accepted, and building TrainConfig never imports torch or torchrl).
@@ -84,6 +90,18 @@ def _loss_names() -> list[str]:
     return list(LOSSES)
 
 
+def _reward_level_names() -> list[str]:
+    from segbandit.rss import REWARD_LEVELS
+
+    return list(REWARD_LEVELS)
+
+
+def _image_reward_names() -> list[str]:
+    from segbandit.rss import IMAGE_REWARDS
+
+    return sorted(IMAGE_REWARDS)
+
+
 def _baseline_names() -> list[str]:
     from segbandit.baselines import BASELINES, PER_IMAGE_BASELINES
 
@@ -118,6 +136,9 @@ class TrainConfig:
     out: str | None = _knob(None, "output folder (default runs/<preset>-<timestamp>)", group="run")
     resume: bool = _knob(False, "continue from the newest checkpoint in --out (default: the newest runs/<preset>-* "
                                 "run)", group="run")
+    init_from: str | None = _knob(None, "warm start: the segmentor's weights from a main job's ckpt_*.pt or a bundle "
+                                        "(e.g. a CE run) before the first step; 'none' = from scratch", group="run",
+                                  none_words=("none",))
 
     # -- data
     dataset: str = _knob("voc", "digits (embedded, no download) or voc (needs --data-root)", group="data",
@@ -155,7 +176,8 @@ class TrainConfig:
                                    "plain model", group="model")
     aux_weight: float = _knob(0.4, "CE weight of the aux head (mmsegmentation / SSSegmentation)", group="model")
     class_weights: tuple[float, ...] | None = _knob(
-        None, "per-class CE weights, K comma-separated floats (mmsegmentation's class_weight); 'none' = plain CE",
+        None, "per-class CE weights, K comma-separated floats (mmsegmentation's class_weight; with --objective rss they "
+              "weight each pixel's policy gradient); 'none' = plain CE",
         group="model", none_words=("none",))
     policy_hidden: int = _knob(256, "width of the policy's conv projection (Eq. 7-8)", group="model")
     policy_blocks: int = _knob(4, "policy conv blocks, L in Eq. 7", group="model")
@@ -203,7 +225,35 @@ class TrainConfig:
     # faster (AdamW at lr 1e-3 on the policy) even "mean" overflowed, see DIGITS_PRESET.  Default: "mean".
     logprob_reduction: str = _knob("mean", "log pi over the action elements: sum (Eq. 12) or mean",
                                    group="RL objective", choices=LOGPROB_REDUCTIONS)
-    entropy_coef: float = _knob(0.0, "weight of the entropy bonus (0 = off)", group="RL objective")
+    entropy_coef: float = _knob(0.0, "weight of the entropy bonus (0 = off; with --objective rss on the pixel policy)",
+                                group="RL objective")
+
+    # -- reward-only segmentation (RSS seed; segbandit.rss, docs/rss.md: every formula there is our design)
+    objective: str = _knob("latent_rl", "latent_rl: the paper's Eq. 6 (CE + latent policy); rss: reward-only, the "
+                                        "segmentor itself is a pixel policy, no CE", group="reward-only segmentation",
+                           choices=OBJECTIVES)
+    reward_level: str = _knob("image", "rss: pixel (r_p = 1[a_p = y_p], baseline pi(y_p | x)) or image (one reward "
+                                       "per sampled map)", group="reward-only segmentation", choices=_reward_level_names)
+    rss_samples: int = _knob(4, "rss: G label maps sampled per image (image level: >= 2)",
+                             group="reward-only segmentation")
+    rss_temperature: float = _knob(1.0, "rss: softmax temperature T of the pixel policy",
+                                   group="reward-only segmentation")
+    rss_reward: str = _knob("miou", "rss image level: the reward of one sampled map (segbandit.rss.IMAGE_REWARDS)",
+                            group="reward-only segmentation", choices=_image_reward_names)
+    psd: bool = _knob(True, "rss image level: pairwise spatial discrepancy, credit only where samples disagree "
+                            "(--no-psd: the group-mean baseline)", group="reward-only segmentation")
+    psr_scales: tuple[int, ...] = _knob((16, 8, 4, 1), "rss: progressive scale reward, pooling factors coarse to "
+                                                      "fine; 1 = off (full resolution only)",
+                                        group="reward-only segmentation")
+    psr_milestones: tuple[int, ...] | None = _knob(None, "rss: iterations at which PSR moves to the next finer scale "
+                                                         "(one per move); 'none' = on a reward plateau",
+                                                   group="reward-only segmentation", none_words=("none",))
+    psr_patience: int = _knob(50, "rss plateau schedule: updates without a gain of 1e-3 in the finest active scale's "
+                                  "reward before moving on", group="reward-only segmentation")
+    psr_cumulative: bool = _knob(True, "rss: keep training the coarser scales (each with its own reward) after "
+                                       "moving on", group="reward-only segmentation")
+    rss_normalize: bool = _knob(True, "rss: normalise advantages by their global (all-rank) statistics",
+                                group="reward-only segmentation")
 
     # -- optimisation (SSSegmentation FCN recipe)
     optimizer: str = _knob("sgd", "sgd (the paper's FCN recipe) or adamw", group="optimisation", choices=OPTIMIZERS)
@@ -253,6 +303,25 @@ class TrainConfig:
             raise ValueError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
         if self.a_min > self.a_max:
             raise ValueError(f"expected a_min <= a_max, got a_min={self.a_min}, a_max={self.a_max}")
+        self.psr_scales = tuple(int(f) for f in self.psr_scales)  # type: ignore[assignment]
+        if self.psr_milestones is not None:
+            self.psr_milestones = tuple(int(m) for m in self.psr_milestones)  # type: ignore[assignment]
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; valid names: {', '.join(OBJECTIVES)}")
+        if self.objective == "rss":
+            self._check_rss()
+
+    def _check_rss(self) -> None:
+        """The RSS knobs: a valid RSSConfig and scale schedule, and no latent modulation (the segmentor is the policy)."""
+        from segbandit.rss import RSSConfig, ScaleSchedule, check_scales
+
+        if self.modulation != "none":
+            raise ValueError(f"objective rss trains the segmentor itself as the pixel policy: it needs modulation "
+                             f"'none', got {self.modulation!r}")
+        RSSConfig(level=self.reward_level, num_samples=self.rss_samples, temperature=self.rss_temperature,
+                  psd=self.psd, normalize=self.rss_normalize, reward=self.rss_reward)  # raises on a bad value
+        ScaleSchedule(self.psr_scales, self.psr_milestones or (), self.psr_patience, cumulative=self.psr_cumulative)
+        check_scales(self.psr_scales, self.crop_size, self.crop_size)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (tuples as lists)."""
@@ -397,6 +466,8 @@ def make_config(preset: str = "digits", **overrides: Any) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
     values = {**PRESETS[preset], **overrides, "preset": preset}
+    if values.get("objective") == "rss":
+        values = {**values, **{k: v for k, v in RSS_DEFAULTS.items() if k not in overrides}}
     return TrainConfig(**values)
 
 
@@ -486,8 +557,10 @@ __all__ = [
     "EXPLICIT_NONE",
     "GROUPS",
     "LOGPROB_REDUCTIONS",
+    "OBJECTIVES",
     "OPTIMIZERS",
     "PRESETS",
+    "RSS_DEFAULTS",
     "SCHEDULES",
     "TrainConfig",
     "config_from_args",

@@ -47,7 +47,7 @@ from agents.reporting import (
     save_overlays,
     truncate_csv,
 )
-from agents.trainer import REWARD_TERMS, CoTrainer, NonFiniteError, resolve_device
+from agents.trainer import REWARD_TERMS, RSS_KEYS, CoTrainer, NonFiniteError, resolve_device
 from segbandit.distributed import SINGLE, DistInfo, any_rank, broadcast_object
 from segbandit.errors import DataError
 
@@ -234,6 +234,11 @@ def fit(
 
     trainer = CoTrainer.from_config(cfg, num_classes, device=device, dist_info=info,
                                     sync_bn=bool(cfg.sync_bn or (state or {}).get("sync_bn", False)))
+    if state is None and cfg.init_from is not None:
+        try:
+            trainer.warm_start(cfg.init_from)
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"--init-from {cfg.init_from}: {one_line(err)}") from None
     if state is not None:
         trainer.load_state_dict(state)
         if "data" in state:
@@ -289,7 +294,9 @@ def fit(
     failed: str | None = None
     data_s = step_s = 0.0  # seconds this process spent waiting for batches and in train_step (this session)
     loader_iter = iter(train_loader)
-    bar = tqdm(total=cfg.max_iters, initial=start, desc=f"{cfg.algo}/{cfg.schedule}", dynamic_ncols=True,
+    train_keys = (*TRAIN_KEYS, *RSS_KEYS) if cfg.objective == "rss" else TRAIN_KEYS
+    what = f"rss/{cfg.reward_level}" if cfg.objective == "rss" else f"{cfg.algo}/{cfg.schedule}"
+    bar = tqdm(total=cfg.max_iters, initial=start, desc=what, dynamic_ncols=True,
                mininterval=1.0, file=sys.stderr, disable=not main_rank)
     try:
         while trainer.iteration < cfg.max_iters:
@@ -321,7 +328,7 @@ def fit(
                 postfix["val_mIoU"] = f"{last_eval['miou']:.3f}"
             bar.set_postfix(postfix, refresh=False)
             if main_rank and (it % cfg.log_every == 0 or it == cfg.max_iters or it == start + 1 or stats["skipped"]):
-                row = {"iteration": it, "phase": stats["phase"], **{k: stats[k] for k in TRAIN_KEYS}}
+                row = {"iteration": it, "phase": stats["phase"], **{k: stats[k] for k in train_keys}}
                 row["time_s"] = time.time() - t_start
                 metrics_log.log(row)
                 train_rows.append(row)
@@ -347,7 +354,7 @@ def fit(
     wall = time.time() - t_start
     rss = _peak_rss_mb()
     if main_rank:
-        title = (f"{cfg.preset}: {cfg.model}, {cfg.algo}, {cfg.schedule}, {trainer.iteration} iterations "
+        title = (f"{cfg.preset}: {cfg.model}, {what}, {trainer.iteration} iterations "
                  f"({'digits' if cfg.dataset == 'digits' else 'VOC ' + cfg.val_split})")
         table = format_final_table(final, class_names, sampled, title=title)
         share = data_s / max(data_s + step_s, 1e-9)

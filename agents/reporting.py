@@ -187,7 +187,7 @@ def save_curves(
         if xs:
             axes[0].plot(xs, ys, label=key, marker="." if len(xs) < 20 else None)
     axes[0].set_title("training loss")
-    for key in ("reward_total", "reward_iou", "baseline"):
+    for key in ("reward_total", "reward_iou", "baseline", "reward_sampled"):
         xs, ys = series(train_rows, key)
         if xs:
             axes[1].plot(xs, ys, label=key, marker="." if len(xs) < 20 else None)

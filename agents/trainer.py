@@ -28,6 +28,11 @@ Schedules (paper Table 1):
 - ``rl_only``: no CE at all: ``L = lambda_P L_Policy + L_KL``; only the policy learns and the segmentor stays at its
   initialisation (frozen, eval mode: it is the bandit's deterministic transition).  This is the paper's
   "only RL" row (6.4 mIoU): without supervision the decoder never learns the classes.
+
+Objective ``rss`` (reward-only segmentation, the second seed; ``segbandit.rss``): no CE and no latent action.  The
+segmentor's logits are the pixel policy; :func:`segbandit.rss.rss_loss` samples G label maps per image at every active
+PSR scale, rewards them (pixel or image level, PSD) and returns the policy-gradient loss, one backward as above.  The
+scale schedule (``ScaleSchedule``) moves after each applied step and is saved in the checkpoint.
 """
 from __future__ import annotations
 
@@ -63,6 +68,8 @@ from segbandit.distributed import (
 )
 from segbandit.metrics import SegmentationMetric
 from segbandit.policy import LatentPolicy, sample_action
+from segbandit.pretrained import load_bundle
+from segbandit.rss import RSSConfig, ScaleSchedule, pixel_entropy, rss_loss
 from segbandit.rewards import REWARD_TERMS as _TERMS
 from segbandit.rewards import CompositeReward
 
@@ -70,6 +77,7 @@ logger = logging.getLogger(__name__)
 
 REWARD_TERMS: tuple[str, ...] = (*_TERMS, "total")  # the reward_* statistics a step and an evaluation report
 CHECKPOINT_FORMAT = 2
+RSS_KEYS: tuple[str, ...] = ("reward_sampled", "psr_scale")  # what an RSS step adds: its sampled maps' mean reward
 
 
 class NonFiniteError(RuntimeError):
@@ -290,11 +298,21 @@ class CoTrainer:
                     f"class_weights must have one value per class ({self.num_classes}), got {len(cfg.class_weights)}"
                 )
             class_weight = torch.tensor(cfg.class_weights, dtype=torch.float32, device=self.device)
+        self.class_weight = class_weight  # CE's, and with objective "rss" the policy gradient's per pixel
         self.loss = CoTrainingLoss(
             objective, self.num_classes, lambda_policy=cfg.lambda_policy, aux_weight=cfg.aux_weight,
             class_weight=class_weight, dist_info=self.dist,
         )  # Eq. 6  # fmt: skip
         self._use_aux = cfg.aux_weight > 0 and getattr(segmentor, "aux_classifier", None) is not None
+        self.rss: RSSConfig | None = None  # reward-only segmentation (objective "rss")
+        self.scales: ScaleSchedule | None = None  # its PSR schedule
+        if cfg.objective == "rss":
+            self.rss = RSSConfig(level=cfg.reward_level, num_samples=cfg.rss_samples, temperature=cfg.rss_temperature,
+                                 psd=cfg.psd, normalize=cfg.rss_normalize, reward=cfg.rss_reward)  # fmt: skip
+            self.scales = ScaleSchedule(cfg.psr_scales, cfg.psr_milestones or (), cfg.psr_patience,
+                                        cumulative=cfg.psr_cumulative)  # fmt: skip
+            # the label maps' noise: each rank draws its own (its images differ), from the checkpointed generator
+            self.generator.manual_seed(int(cfg.seed) + 1 + 100_003 * self.dist.rank)
         self._epoch_batch: dict[str, torch.Tensor] | None = None  # the batch later PPO epochs re-read
         self.iteration = 0  # completed (attempted) iterations
         self.nonfinite_streak = 0
@@ -409,6 +427,8 @@ class CoTrainer:
     def phase(self, iteration: int | None = None) -> str:
         """``"joint"`` (Eq. 6), ``"sft"`` (CE only, s = mu) or ``"rl"`` (policy terms only) at 1-based ``iteration``."""
         it = self.iteration + 1 if iteration is None else iteration
+        if self.rss is not None:
+            return "rss"
         if self.cfg.schedule == "joint":
             return "joint"
         if self.cfg.schedule == "rl_only":
@@ -508,6 +528,8 @@ class CoTrainer:
         step["baseline_value"] = per_image_baseline(self.cfg.baseline, rewards, step.get("reward_greedy")).reshape(-1)
 
     def _compute_losses(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        if self.rss is not None:
+            return self._rss_losses(images, masks)
         distributed = self.dist.enabled
         phase = self.phase()
         use_ce, use_rl = phase in ("joint", "sft"), phase in ("joint", "rl")
@@ -545,6 +567,57 @@ class CoTrainer:
             self._epoch_batch["advantage"] = self.objective.last_advantage
             self._epoch_batch["latents"] = step["observation"][: images.shape[0]].detach()  # (B, d, h, w), once each
         return terms["loss"], {**stats, **_floats({**terms, **r_stats})}
+
+    def _rss_losses(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """Reward-only segmentation: the segmentor's logits are the pixel policy (no CE, no latent action).
+
+        The transition decodes with the zero signal (the segmentor has no modulation) and scores the greedy map with
+        the composite reward (logged as ``reward_*``); :func:`segbandit.rss.rss_loss` samples and rewards G maps per
+        image at every active PSR scale; ``entropy_coef`` adds a bonus on the policy's mean pixel entropy (``entropy``,
+        logged always: a policy collapsing to one label shows here first).  ``reward_sampled`` is the finest active
+        scale's mean sampled reward (the plateau schedule reads it), ``psr_scale`` that scale's pooling factor.
+        """
+        self.segmentor.train()
+        feats = self.transition.encode(images)
+        z = feats["out"]  # (B, d, h, w)
+        out = self.transition.score(z, torch.zeros_like(z), masks)  # logits (B, K, H, W), greedy rewards (B,)
+        active = self.scales.active()
+        stats: dict[str, Any] = {"phase": "rss", "psr_scale": float(active[-1])}
+        stats.update(_floats({f"reward_{k}": out[f"reward_{k}" if k != "total" else "reward"].mean() for k in REWARD_TERMS}))
+        stats.update({k: math.nan for k in (*LOSS_KEYS, *OBJECTIVE_DIAGNOSTICS, "reward_std_actions", "reward_std_images")})
+        if not bool(out["finite"]):
+            stats["reward_sampled"] = math.nan
+            if not self.dist.enabled:  # under DDP every rank runs the same collectives; the step is skipped after
+                return None, {**stats, "reason": "non-finite logits"}
+            stats["reason"] = "non-finite logits"
+        loss, per_scale = rss_loss(out["logits"], masks, self.rss, active, num_classes=self.num_classes,
+                                   info=self.dist, generator=self.generator, class_weight=self.class_weight)  # fmt: skip
+        entropy = pixel_entropy(out["logits"], masks, self.rss.temperature)  # mean over labelled pixels, with graph
+        bonus = self.cfg.entropy_coef * entropy
+        stats.update(loss=float((loss - bonus).detach()), loss_policy=float(loss.detach()), entropy=float(entropy.detach()),
+                     loss_entropy=float(-bonus.detach()), reward_sampled=per_scale[f"reward/{active[-1]}"])  # fmt: skip
+        return loss - bonus, stats
+
+    def warm_start(self, source: Any) -> None:
+        """Load the segmentor's weights from a main job's ``ckpt_*.pt``, a bundle or a state dict (a CE run, say).
+
+        An auxiliary head present on one side only is skipped; any other missing, unexpected or misshapen weight is a
+        ValueError naming it.  Policy, optimiser and schedule stay fresh: this is an initialisation, not a resume.
+        """
+        weights = load_bundle(source).segmentor
+        own = self.segmentor.state_dict()
+        aux = "aux_classifier."
+        weights = {k: v for k, v in weights.items() if not (k.startswith(aux) and k not in own)}
+        missing = sorted(k for k in own if k not in weights and not k.startswith(aux))
+        unexpected = sorted(k for k in weights if k not in own)
+        if missing or unexpected:
+            raise ValueError(f"the weights do not fit this run's {self.cfg.model} (modulation {self.cfg.modulation}): "
+                             f"missing {missing[:3]}, unexpected {unexpected[:3]}")  # fmt: skip
+        bad = [k for k, v in weights.items() if tuple(v.shape) != tuple(own[k].shape)]
+        if bad:
+            raise ValueError(f"the weights do not fit this run's {self.cfg.model}: {bad[0]} has shape "
+                             f"{tuple(weights[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}")  # fmt: skip
+        self.segmentor.load_state_dict(weights, strict=False)
 
     def _policy_epochs(self) -> dict[str, float]:
         """PPO epochs 2..E over the batch just trained on: only the policy (and a critic) learn.
@@ -660,7 +733,9 @@ class CoTrainer:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
                 self.scheduler.step()
-        if reason is None:
+        if reason is None and self.scales is not None:
+            self.scales.step(iteration - 1, stats["reward_sampled"])  # PSR: the next finer scale on schedule / plateau
+        elif reason is None:
             self.objective.after_step()  # Eq. 19: pi_ref <- eta pi_ref + (1 - eta) pi_phi
         self.iteration = iteration
         self._epoch_batch = None
@@ -781,6 +856,8 @@ class CoTrainer:
             "world_size": self.dist.world_size,
             "sync_bn": self.sync_bn,
         }
+        if self.scales is not None:
+            state["psr"] = self.scales.state_dict()
         if self.dist.enabled:
             state["rng_per_rank"] = all_gather_objects(rng, self.dist)
         return state
@@ -802,6 +879,8 @@ class CoTrainer:
                 for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
                     group["lr"] = base * fn(self.scheduler.last_epoch)
         self.iteration = int(state["iteration"])
+        if self.scales is not None and "psr" in state:
+            self.scales.load_state_dict(state["psr"])
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         self.skipped_iterations = [int(i) for i in state.get("skipped_iterations", [])]
         if restore_rng and "rng" in state:
@@ -858,6 +937,7 @@ def _floats(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 __all__ = [
+    "RSS_KEYS",
     "CHECKPOINT_FORMAT",
     "CoTrainer",
     "NonFiniteError",

@@ -27,6 +27,7 @@ shared with two other CPU-heavy jobs (see docs/ablations.md).  The start prints 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -37,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,9 @@ LATER_FIELDS: dict[str, Any] = {
     "augment": True, "class_weights": None, "warmup_iters": 0,  # issue 11
     "signal_norm": "batch", "alpha_init": 1.0, "action_samples": 1, "ppo_epochs": 1,  # issue 13
     "ratio_clip": "action", "policy_log_std_init": 0.0,  # issue 14
+    "init_from": None, "objective": "latent_rl", "reward_level": "image", "rss_samples": 4, "rss_temperature": 1.0,
+    "rss_reward": "miou", "psd": True, "psr_scales": [16, 8, 4, 1], "psr_milestones": None, "psr_patience": 50,
+    "psr_cumulative": True, "rss_normalize": True,  # issue 15
 }  # fmt: skip
 # Fields that never change a run's result: left out of the cache key.
 NON_RESULT_FIELDS: tuple[str, ...] = (
@@ -282,12 +286,19 @@ DIAG_KEYS: tuple[str, ...] = ("loss_ce", "loss_policy", "loss_kl", "ratio", "cli
                               "ratio_final", "clip_fraction_final")  # the last PPO epoch's (ppo_epochs > 1)  # fmt: skip
 
 
-def train_and_evaluate(cfg_dict: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+def train_and_evaluate(
+    cfg_dict: dict[str, Any],
+    device: str = "cpu",
+    on_end: Callable[[CoTrainer, Any], dict[str, Any]] | None = None,
+    keep_in: str | Path | None = None,
+) -> dict[str, Any]:
     """Train one configuration for ``max_iters`` iterations and evaluate it on the val set (s = mu).
 
     Returns the val metrics (``miou`` etc., in [0, 1]), the mean training diagnostics of the last quarter of the
     iterations, the number of skipped (non-finite) steps, and wall times.  A run that raises (e.g. too many
     non-finite steps in a row) is reported with ``failed`` set and the val mIoU of the model as it stands.
+    ``on_end``: the end-of-run diagnostics (default: the latent policy's, :func:`_diagnose`).  ``keep_in``: write the
+    run (with its final checkpoint) to that folder instead of a temporary one, e.g. to warm-start later runs from it.
     """
     t0 = time.perf_counter()
     tail_from = int(cfg_dict["max_iters"]) - max(1, int(cfg_dict["max_iters"]) // 4)
@@ -304,13 +315,14 @@ def train_and_evaluate(cfg_dict: dict[str, Any], device: str = "cpu") -> dict[st
                     sums[k] += v
                     counts[k] += 1
 
-    with tempfile.TemporaryDirectory(prefix="ablation-") as out:
+    folder = tempfile.TemporaryDirectory(prefix="ablation-") if keep_in is None else contextlib.nullcontext(str(keep_in))
+    with folder as out:
         cfg = TrainConfig(**{
             **cfg_dict, "device": device, "out": out, "resume": False, "num_overlays": 0, "eval_stochastic": False,
             "eval_every": cfg_dict["max_iters"], "log_every": cfg_dict["max_iters"],
         })  # fmt: skip
-        res = fit(cfg, on_step=on_step, on_end=_diagnose, save_checkpoints=False, stop_on_nonfinite=True,
-                  log=lambda _: None)
+        res = fit(cfg, on_step=on_step, on_end=on_end or _diagnose, save_checkpoints=keep_in is not None,
+                  stop_on_nonfinite=True, log=lambda _: None)
     total = time.perf_counter() - t0
     return {
         "miou": res["miou"],

@@ -9,14 +9,21 @@ All share :class:`envs.core.SegBanditCore`. ``gymnasium.make_vec(..., vectorizat
 ``SyncVectorEnv`` of single envs, whose default NEXT_STEP autoreset spends every other step on a reset here
 (every step terminates): pass ``vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}``, or use the native
 ``vectorization_mode="vector_entry_point"``. Importing this package imports ``segbandit``, which registers
-``SegBandit-v0`` with Gymnasium (``gymnasium.make`` / ``gymnasium.make_vec``).
+``SegBandit-v0`` and ``SegPixelBandit-v0`` with Gymnasium (``gymnasium.make`` / ``gymnasium.make_vec``).
+
+``SegPixelBandit-v0`` (reward-only segmentation: the agent is the segmentor, observing images and acting with label
+maps) has the same front ends as thin subclasses (:class:`SegPixelBanditVectorEnv`, :class:`SegPixelBanditEnv` in
+``envs.pixel``, :class:`SegPixelBanditTorchEnv` in ``envs.torchrl_env``) over :class:`envs.pixel.SegPixelBanditCore`;
+both cores draw their images from one :class:`envs.stream.ImageStream`.
 """
-import segbandit  # noqa: F401  (registers SegBandit-v0)
+import segbandit  # noqa: F401  (registers SegBandit-v0 and SegPixelBandit-v0)
 from envs.core import ACTION_MODES, ARRAY_TYPES, OBS_MODES, REWARD_TERMS, SegBanditConfig, SegBanditCore
+from envs.pixel import SegPixelBanditConfig, SegPixelBanditCore, SegPixelBanditEnv, SegPixelBanditVectorEnv
 from envs.single import SegBanditEnv
+from envs.stream import ImageStream
 from envs.vector import SegBanditVectorEnv
 
-_LAZY = {"SegBanditTorchEnv": "envs.torchrl_env", "SB3VecEnv": "envs.sb3"}
+_LAZY = {"SegBanditTorchEnv": "envs.torchrl_env", "SegPixelBanditTorchEnv": "envs.torchrl_env", "SB3VecEnv": "envs.sb3"}
 
 
 def __getattr__(name: str):
@@ -31,6 +38,7 @@ def __getattr__(name: str):
 __all__ = [
     "ACTION_MODES",
     "ARRAY_TYPES",
+    "ImageStream",
     "OBS_MODES",
     "REWARD_TERMS",
     "SB3VecEnv",
@@ -39,4 +47,9 @@ __all__ = [
     "SegBanditEnv",
     "SegBanditTorchEnv",
     "SegBanditVectorEnv",
+    "SegPixelBanditConfig",
+    "SegPixelBanditCore",
+    "SegPixelBanditEnv",
+    "SegPixelBanditTorchEnv",
+    "SegPixelBanditVectorEnv",
 ]

@@ -8,9 +8,13 @@ wraps :class:`SegBanditCore`. One step is one contextual-bandit round for all ``
     logits   = decoder(z, s)  upsampled to the image size    (B, K, H, W)
     reward   r = sum_k lambda_k r_k(logits, y)               (B,)          # Eq. 15
 
-Images stream from a torch ``DataLoader`` (``batch_size=B``, ``drop_last=True``) whose shuffling order is
-fixed by ``reset(seed=...)``; the iterator persists across steps and restarts with the next epoch when the
-data run out.
+Images stream from :class:`envs.stream.ImageStream` (a torch ``DataLoader``, ``batch_size=B``, ``drop_last=True``)
+whose shuffling order is fixed by ``reset(seed=...)``; the iterator persists across steps and restarts with the
+next epoch when the data run out.
+
+:class:`BanditCoreBase` is what every segbandit core shares (the stream, the current batch, reset, same-step
+autoreset ``step``, partial resets, render, close); :class:`SegBanditCore` and
+:class:`envs.pixel.SegPixelBanditCore` only add how a batch is observed, how an action is checked and scored.
 """
 from __future__ import annotations
 
@@ -23,28 +27,21 @@ from typing import Any, Union
 import torch
 from gymnasium.error import ResetNeeded
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from envs.stream import ARRAY_TYPES, RENDER_MODES, ImageStream, check_choice, check_stream_fields, resolve_device
 from envs.transition import BanditTransition
-from segbandit.constants import DEFAULT_ACTION_BOUND, IMAGENET_MEAN, IMAGENET_STD
-from segbandit.data import make_dataset
-from segbandit.errors import DataError
+from segbandit.constants import DEFAULT_ACTION_BOUND
 from segbandit.models import Segmentor, build_segmentor
 from segbandit.policy import ACTION_MODES, LatentPolicy
 from segbandit.pretrained import DEFAULT_PRETRAINED, build_from_bundle, freeze, load_bundle, policy_from_bundle
 from segbandit.rewards import REWARD_TERMS, CompositeReward, parse_reward_weights
 
 OBS_MODES: tuple[str, ...] = ("latent", "pooled")
-RENDER_MODES: tuple[str, ...] = ("rgb_array",)
-ARRAY_TYPES: tuple[str, ...] = ("numpy", "torch")
 
 WeightsArg = Union[str, Sequence[float], Mapping[str, float]]
 SegmentorArg = Union[str, os.PathLike, Mapping[str, Any], Segmentor]
 
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(choices)}")
 
 
 @dataclass
@@ -126,19 +123,15 @@ class SegBanditConfig:
     cache_latents: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("obs_mode", self.obs_mode, OBS_MODES)
-        _check_choice("action_mode", self.action_mode, ACTION_MODES)
-        _check_choice("array_type", self.array_type, ARRAY_TYPES)
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative int, got {self.num_workers!r}")
+        check_choice("obs_mode", self.obs_mode, OBS_MODES)
+        check_choice("action_mode", self.action_mode, ACTION_MODES)
+        check_stream_fields(self)  # array_type, num_workers, render_mode
         if self.action_bound is not None and not (float(self.action_bound) > 0 and float(self.action_bound) < float("inf")):
             raise ValueError(f"action_bound must be a finite positive float or None, got {self.action_bound!r}")
         if isinstance(self.reward_weights, str):
             self.reward_weights = parse_reward_weights(self.reward_weights)
         if isinstance(self.episode_length, bool) or not isinstance(self.episode_length, int) or self.episode_length < 1:
             raise ValueError(f"episode_length must be a positive int, got {self.episode_length!r}")
-        if self.render_mode is not None:
-            _check_choice("render_mode", self.render_mode, RENDER_MODES)
         if self.cache_latents and (self.augment or self.differentiable):
             raise ValueError("cache_latents needs fixed images and a frozen segmentor: not with augment or differentiable")
 
@@ -158,11 +151,7 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
 def _resolve_device(config: SegBanditConfig) -> torch.device:
     shared = config.model if isinstance(config.model, Segmentor) else None
     model_device = next(shared.parameters()).device if shared is not None else None
-    if config.device is None:
-        return model_device if model_device is not None else torch.device("cpu")
-    device = torch.device(config.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = resolve_device(config.device, default=model_device)
     if model_device is not None and model_device != device:
         raise ValueError(
             f"the shared segmentor lives on {model_device} but device={device} was asked for; "
@@ -171,35 +160,12 @@ def _resolve_device(config: SegBanditConfig) -> torch.device:
     return device
 
 
-def _resolve_dataset(config: SegBanditConfig) -> tuple[Dataset, bool]:
-    """The dataset, and whether it yields raw uint8 images that the core normalises itself, batched on device.
-
-    The digit scenes are rendered at their final size, so without augmentation their transform is only
-    "to float, normalise": done on the whole batch on ``device`` it costs nothing, where per image in the loader
-    it costs ~30% of the data time (and moves 4x the bytes to a GPU).
-    """
-    kwargs = dict(config.dataset_kwargs or {})
-    if isinstance(config.dataset, str):
-        raw = config.dataset == "digits" and not config.augment and "transforms" not in kwargs
-        if raw:
-            kwargs["transforms"] = None  # uint8 (3, H, W) images, int64 (H, W) masks
-        dataset = make_dataset(
-            config.dataset, config.split, root=config.data_root, image_size=config.image_size,
-            train=config.augment, **kwargs,
-        )
-        return dataset, raw
-    if not hasattr(config.dataset, "__getitem__") or not hasattr(config.dataset, "__len__"):
-        raise ValueError(
-            "dataset must be 'digits', 'voc' or a map-style torch Dataset (with __getitem__ and __len__), "
-            f"got {type(config.dataset).__name__}"
-        )
-    return config.dataset, False
-
-
-def _resolve_num_classes(config: SegBanditConfig, dataset: Dataset) -> int:
+def _resolve_num_classes(config: Any, dataset: Dataset) -> int:
+    """K from ``config.num_classes``, a shared segmentor (``config.model``, when the config has one) or the dataset."""
+    model = getattr(config, "model", None)
     candidates = {
         "num_classes": config.num_classes,
-        "the shared segmentor": config.model.num_classes if isinstance(config.model, Segmentor) else None,
+        "the shared segmentor": model.num_classes if isinstance(model, Segmentor) else None,
         "the dataset": getattr(dataset, "num_classes", None),
     }
     given = {k: int(v) for k, v in candidates.items() if v is not None}
@@ -261,20 +227,6 @@ def _resolve_segmentor(
     return freeze(segmentor.to(device)), True, None if policy is None else freeze(policy.to(device))
 
 
-class _Indexed(Dataset):
-    """``(image, mask, index)`` items of a dataset: the latent cache's key."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
-        item = self.dataset[index]
-        return item[0], item[1], index
-
-
 class LatentCache:
     """Per-image latents z (N, d, h, w) and zero-action rewards r(0) (N,), filled on first use (``cache_latents``)."""
 
@@ -293,31 +245,187 @@ class LatentCache:
         return values[idx]
 
 
-def _check_sample(dataset: Dataset, raw: bool = False) -> tuple[int, int]:
-    """(H, W) of the dataset's images, from its first sample; DataError if it is not an (image, mask) pair.
+class BanditCoreBase:
+    """What every segbandit core shares: the image stream, the current batch of ``num_envs`` images, and the round.
 
-    ``raw``: the images are expected as uint8 (normalised later by the core) instead of float.
+    ``reset(seed) -> obs``; ``step(action) -> (next_obs, reward, info)`` scores the actions on the current images
+    (:meth:`score`) and moves on to the next batch (:meth:`advance`, same-step autoreset; ``info["final_obs"]`` is the
+    scored observation); ``reset_rows(rows)`` replaces only some sub-envs' images (TorchRL partial resets).
+
+    A subclass sets ``observation_shape``, ``action_shape`` and ``num_classes``, and implements
+    ``_load(images, masks) -> obs`` (observe a fresh batch), ``_replace_rows(idx, images, masks) -> obs`` (observe
+    after the rows ``idx`` got fresh images), ``check_action`` and ``score`` (which returns ``reward`` (B,), the
+    per-env diagnostics named by ``info_specs`` and anything else for ``info``, and sets ``last_scored`` for render).
     """
-    if len(dataset) == 0:
-        raise DataError(f"dataset {type(dataset).__name__} is empty")
-    sample = dataset[0]
-    if not isinstance(sample, (tuple, list)) or len(sample) < 2:
-        raise DataError(f"dataset {type(dataset).__name__}: items must be (image, mask) pairs, got {type(sample).__name__}")
-    image, mask = torch.as_tensor(sample[0]), torch.as_tensor(sample[1])
-    if image.dim() != 3 or image.shape[0] != 3 or image.is_floating_point() == raw:
-        raise DataError(
-            f"dataset {type(dataset).__name__}: expected a float image of shape (3, H, W), "
-            f"got shape {tuple(image.shape)} dtype {image.dtype} (pass normalising transforms)"
-        )
-    if mask.shape != image.shape[1:] or mask.is_floating_point() or mask.dtype == torch.bool:
-        raise DataError(
-            f"dataset {type(dataset).__name__}: expected an integer mask of shape {tuple(image.shape[1:])}, "
-            f"got shape {tuple(mask.shape)} dtype {mask.dtype}"
-        )
-    return int(image.shape[1]), int(image.shape[2])
+
+    def __init__(self, num_envs: int, config: Any, device: torch.device, indexed: bool = False) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        self.num_envs = num_envs
+        self.config = config
+        self.device = device
+        self.stream = ImageStream(num_envs, config, device, indexed=indexed)  # dataset, loader, seeding
+        self.dataset = self.stream.dataset
+        self._raw_images = self.stream.raw
+        self.image_size: tuple[int, int] = self.stream.image_size
+        self._batch_index: Union[Tensor, None] = None  # (B,) dataset indices of the current images (indexed)
+        self._images: Union[Tensor, None] = None  # (B, 3, H, W)
+        self._masks: Union[Tensor, None] = None  # (B, H, W) int64
+        self._obs: Union[Tensor, None] = None  # (B, *observation_shape), detached
+        self.steps_in_episode = 0  # steps since the episode began (all sub-envs in lockstep)
+        self.last_scored: Union[dict[str, Tensor], None] = None  # images, masks, preds of the last scored batch
+        self.closed = False
+
+    # ------------------------------------------------------------------ what a subclass defines
+    @property
+    def episode_length(self) -> int:
+        """Images per episode (every ``episode_length``-th step terminates)."""
+        return 1
+
+    @property
+    def info_specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The per-env diagnostics that ``step`` puts in ``info``: key -> (per-env shape, dtype); () is a scalar."""
+        return {}
+
+    @property
+    def info_keys(self) -> tuple[str, ...]:
+        """The keys of :attr:`info_specs`: what the front ends hand out per sub-env."""
+        return tuple(self.info_specs)
+
+    def _load(self, images: Tensor, masks: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _replace_rows(self, idx: Tensor, images: Tensor, masks: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def check_action(self, action: Any, batched: bool = True) -> Tensor:
+        raise NotImplementedError
+
+    def score(self, action: Any) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
+    @property
+    def batches_drawn(self) -> int:
+        """Batches taken from the loader since construction."""
+        return self.stream.batches_drawn
+
+    @property
+    def images(self) -> Union[Tensor, None]:
+        """The current images (B, 3, H, W) on ``device`` (None before reset)."""
+        return self._images
+
+    @property
+    def masks(self) -> Union[Tensor, None]:
+        """The current label maps (B, H, W) int64 on ``device`` (None before reset)."""
+        return self._masks
+
+    @property
+    def observation(self) -> Union[Tensor, None]:
+        """The current observation (B, *observation_shape) float32, detached."""
+        return self._obs
+
+    def _check_open(self) -> None:
+        if self.closed:
+            from gymnasium.error import ClosedEnvironmentError
+
+            raise ClosedEnvironmentError("the env is closed: build a new one to go on")
+
+    def _check_reset(self) -> None:
+        self._check_open()
+        if self._obs is None:
+            raise ResetNeeded("step() was called before reset(): call reset() first")
+
+    # ------------------------------------------------------------------ data
+    def seed(self, seed: Union[int, None]) -> None:
+        """Seed the image order: the next batch starts a fresh epoch drawn from ``seed`` (None = random)."""
+        self.stream.seed(seed)
+
+    def _next_batch(self) -> tuple[Tensor, Tensor]:
+        """Next (images (B, 3, H, W) float32, masks (B, H, W) int64) on ``device``; a new epoch when exhausted.
+
+        With an indexed stream (``cache_latents``) the batch's dataset indices (B,) are kept in ``_batch_index``."""
+        images, masks = self.stream.next_batch()
+        if self.stream.indexed:
+            self._batch_index = self.stream.batch_index
+        return images, masks
+
+    def advance(self) -> Tensor:
+        """Load (and observe) the next batch; returns its observation (B, *observation_shape)."""
+        images, masks = self._next_batch()
+        obs = self._load(images, masks)
+        self._images, self._masks, self._obs = images, masks, obs
+        return obs
+
+    def reset(self, seed: Union[int, None] = None) -> Tensor:
+        """Start over (re-seeding the image order when ``seed`` is given) and return the first observation."""
+        self._check_open()
+        if seed is not None:
+            self.seed(seed)
+        self.steps_in_episode = 0
+        return self.advance()
+
+    def reset_rows(self, rows: Tensor) -> Tensor:
+        """Replace only the sub-envs where ``rows`` (B,) bool is True by images of a fresh batch (TorchRL partial reset)."""
+        rows = rows.reshape(-1).to(self.device)
+        if rows.shape[0] != self.num_envs:
+            raise ValueError(f"expected a reset mask of {self.num_envs} entries, got shape {tuple(rows.shape)}")
+        if self._obs is None or bool(rows.all()):
+            return self.advance()
+        if not bool(rows.any()):
+            return self._obs
+        idx = rows.nonzero().squeeze(1)  # (n,)
+        kept = self._batch_index
+        images, masks = self._next_batch()
+        images, masks = images[idx], masks[idx]
+        self._images = self._images.index_copy(0, idx, images)
+        self._masks = self._masks.index_copy(0, idx, masks)
+        self._obs = self._replace_rows(idx, images, masks)  # sees the fresh batch's indices in _batch_index
+        if kept is not None:  # the current images' indices: the kept rows' and the fresh ones'
+            self._batch_index = kept.index_copy(0, idx, self._batch_index[idx])
+        return self._obs
+
+    # ------------------------------------------------------------------ acting
+    def step(self, action: Any, advance_terminal: bool = True) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """Score ``action`` on the current images, then move to the next batch (same-step autoreset).
+
+        Returns ``(next_obs, reward (B,), info)`` with ``info`` holding everything :meth:`score` returned besides the
+        reward (the diagnostics of :attr:`info_specs` among it), ``final_obs``: the scored observation, and
+        ``terminated`` (bool): the step ended the episode of ``episode_length`` images (all sub-envs in lockstep).
+        ``advance_terminal=False``: a terminal step keeps the scored batch (``next_obs`` is its observation) for the
+        caller's reset to move on (TorchRL).
+        """
+        out = self.score(action)
+        final_obs = self._obs
+        self.steps_in_episode += 1
+        terminated = self.steps_in_episode >= self.episode_length
+        next_obs = self.advance() if advance_terminal or not terminated else final_obs
+        info: dict[str, Any] = {k: v for k, v in out.items() if k != "reward"}
+        info["final_obs"] = final_obs
+        info["terminated"] = terminated
+        if terminated:
+            self.steps_in_episode = 0
+        return next_obs, out["reward"], info
+
+    def render(self) -> Union[Any, None]:
+        """Frames (B, H, 3W, 3) uint8 of the last scored batch (the current one, prediction black, before any step)."""
+        if self.config.render_mode is None:
+            return None
+        from segbandit.visual import side_by_side
+
+        if self.last_scored is not None:
+            return side_by_side(self.last_scored["images"], self.last_scored["masks"], self.last_scored["preds"])
+        if self._images is None:
+            raise ResetNeeded("render() was called before reset(): call reset() first")
+        return side_by_side(self._images, self._masks, None)
+
+    def close(self) -> None:
+        """Stop the DataLoader workers (if any); a later step or reset raises ``ClosedEnvironmentError``."""
+        self.stream.close()
+        self.closed = True
 
 
-class SegBanditCore:
+class SegBanditCore(BanditCoreBase):
     """Dataset, segmentor, reward and the current batch of ``num_envs`` images, all in torch.
 
     ``reset(seed) -> obs``; ``step(action) -> (next_obs, reward, info)`` scores the actions on the current
@@ -326,18 +434,7 @@ class SegBanditCore:
     """
 
     def __init__(self, num_envs: int, config: SegBanditConfig) -> None:
-        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        self.num_envs = num_envs
-        self.config = config
-        self.device = _resolve_device(config)
-        self.dataset, self._raw_images = _resolve_dataset(config)
-        if len(self.dataset) < num_envs:
-            raise ValueError(f"the dataset has {len(self.dataset)} samples, fewer than num_envs={num_envs}")
-        self.image_size: tuple[int, int] = _check_sample(self.dataset, self._raw_images)
-        # x_norm = (x / 255 - mean) / std = (x - 255 mean) / (255 std), for raw uint8 batches
-        self._raw_shift = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._raw_scale = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
+        super().__init__(num_envs, config, _resolve_device(config), indexed=config.cache_latents)
         self.num_classes = _resolve_num_classes(config, self.dataset)
         self.segmentor, self.owns_segmentor, self.policy = _resolve_segmentor(config, self.num_classes, self.device)
         weights = config.reward_weights
@@ -351,28 +448,18 @@ class SegBanditCore:
             raise ValueError("cache_latents needs a segmentor the env owns (frozen), not a shared one: pass "
                              "cache_latents=False")
         self.cache = LatentCache(len(self.dataset), self.latent_shape, self.device) if config.cache_latents else None
-        self._batch_index: Union[Tensor, None] = None  # (B,) dataset indices of the current images (cache_latents)
-        self._generator = torch.Generator()
-        self._loader = DataLoader(
-            _Indexed(self.dataset) if config.cache_latents else self.dataset,
-            batch_size=num_envs,
-            shuffle=config.shuffle,
-            drop_last=True,
-            num_workers=config.num_workers,
-            pin_memory=self.device.type == "cuda",
-            generator=self._generator,
-        )
-        self._iterator: Union[Iterator, None] = None
-        self._seeded = False
-        self.batches_drawn = 0  # batches taken from the loader since construction
-        self._images: Union[Tensor, None] = None  # (B, 3, H, W)
-        self._masks: Union[Tensor, None] = None  # (B, H, W) int64
         self._z: Union[Tensor, None] = None  # (B, d, h, w), with its graph when differentiable
-        self._obs: Union[Tensor, None] = None  # (B, *observation_shape), detached
         self._reward_zero: Union[Tensor, None] = None  # (B,) r(x, s = 0) of the current images (paired_reward)
-        self.steps_in_episode = 0  # steps since the episode began (all sub-envs in lockstep)
-        self.last_scored: Union[dict[str, Tensor], None] = None  # images, masks, preds of the last scored batch
-        self.closed = False
+
+    @property
+    def episode_length(self) -> int:
+        return self.config.episode_length
+
+    @property
+    def info_specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Each reward term (and ``reward_zero`` with ``paired_reward``): one float32 scalar per sub-env."""
+        keys = (*REWARD_TERMS, "reward_zero") if self.config.paired_reward else REWARD_TERMS
+        return {k: ((), torch.float32) for k in keys}
 
     # ------------------------------------------------------------------ helpers
     def _grad(self) -> contextlib.AbstractContextManager:
@@ -393,78 +480,29 @@ class SegBanditCore:
         return int(z.shape[1]), int(z.shape[2]), int(z.shape[3])
 
     @property
-    def images(self) -> Union[Tensor, None]:
-        """The current images (B, 3, H, W) on ``device`` (None before reset)."""
-        return self._images
-
-    @property
-    def masks(self) -> Union[Tensor, None]:
-        """The current label maps (B, H, W) int64 on ``device`` (None before reset)."""
-        return self._masks
-
-    @property
     def latents(self) -> Union[Tensor, None]:
         """The current latents z (B, d, h, w) (with their graph when ``differentiable``)."""
         return self._z
 
-    @property
-    def observation(self) -> Union[Tensor, None]:
-        """The current observation (B, *observation_shape) float32, detached."""
-        return self._obs
-
     # ------------------------------------------------------------------ data
-    def seed(self, seed: Union[int, None]) -> None:
-        """Seed the image order: the next batch starts a fresh epoch drawn from ``seed`` (None = random)."""
-        if seed is None:
-            self._generator.seed()
-        else:
-            if isinstance(seed, bool) or int(seed) != seed:
-                raise ValueError(f"seed must be an int or None, got {seed!r}")
-            self._generator.manual_seed(int(seed))
-        self._iterator = None  # a new iterator draws its permutation (and worker seeds) from the generator
-        self._seeded = True
-
-    def _next_batch(self) -> tuple[Tensor, Tensor]:
-        """Next (images (B, 3, H, W) float32, masks (B, H, W) int64) on ``device``; a new epoch when exhausted.
-
-        With ``cache_latents`` the batch's dataset indices (B,) are kept in ``_batch_index``."""
-        if self._iterator is None:
-            self._iterator = iter(self._loader)
-        try:
-            batch = next(self._iterator)
-        except StopIteration:
-            self._iterator = iter(self._loader)
-            batch = next(self._iterator)
-        self.batches_drawn += 1
-        images, masks = batch[0], batch[1]
-        if self.cache is not None:
-            self._batch_index = torch.as_tensor(batch[2], device=self.device)  # (B,)
-        if images.shape[1:] != (3, *self.image_size) or masks.shape[1:] != self.image_size:
-            raise DataError(
-                f"dataset {type(self.dataset).__name__}: every image must be (3, {self.image_size[0]}, {self.image_size[1]}) "
-                f"with a mask of the same size, got a batch of images {tuple(images.shape)} and masks {tuple(masks.shape)}"
-            )
-        images = images.as_subclass(Tensor).to(self.device, non_blocking=True)  # (B, 3, H, W), uint8 if raw
-        images = images.float()
-        if self._raw_images:
-            images = images.sub_(self._raw_shift).div_(self._raw_scale)  # same normalisation as the eval preset
-        masks = masks.as_subclass(Tensor).to(self.device, dtype=torch.int64, non_blocking=True)  # (B, H, W)
-        return images, masks
-
     def _observe(self, z: Tensor) -> Tensor:
         z = z.detach().float()  # (B, d, h, w)
         return z if self.config.obs_mode == "latent" else z.mean(dim=(2, 3))  # (B, d, h, w) or (B, d)
 
-    def advance(self) -> Tensor:
-        """Load and encode the next batch; returns its observation (B, *observation_shape)."""
-        if not self._seeded:
-            self.seed(None)
-        images, masks = self._next_batch()
+    def _load(self, images: Tensor, masks: Tensor) -> Tensor:
+        """Encode a fresh batch (and its r(0) with ``paired_reward``); its observation."""
         z = self._encode(images)  # (B, d, h, w)
-        self._images, self._masks, self._z = images, masks, z
-        self._obs = self._observe(z)
+        self._z = z
         self._reward_zero = self._zero_reward(z, masks) if self.config.paired_reward else None
-        return self._obs
+        return self._observe(z)
+
+    def _replace_rows(self, idx: Tensor, images: Tensor, masks: Tensor) -> Tensor:
+        """Encode the fresh images (n, 3, H, W) of the rows ``idx`` (n,) into the current latents."""
+        z = self._encode(images, idx)  # (n, d, h, w)
+        self._z = self._z.index_copy(0, idx, z)
+        if self._reward_zero is not None:
+            self._reward_zero = self._reward_zero.index_copy(0, idx, self._zero_reward(z, masks, idx))
+        return self._observe(self._z)
 
     def _encode(self, images: Tensor, rows: Union[Tensor, None] = None) -> Tensor:
         """z (n, d, h, w) of images (n, 3, H, W): the batch's (or its ``rows``') cached latents where there are some."""
@@ -492,43 +530,6 @@ class SegBanditCore:
             return score(slice(None))
         idx = self._batch_index if rows is None else self._batch_index[rows]
         return self.cache.fetch(self.cache.r0, self.cache.has_r0, idx, score)
-    def reset(self, seed: Union[int, None] = None) -> Tensor:
-        """Start over (re-seeding the image order when ``seed`` is given) and return the first observation."""
-        self._check_open()
-        if seed is not None:
-            self.seed(seed)
-        self.steps_in_episode = 0
-        return self.advance()
-
-    def _check_open(self) -> None:
-        if self.closed:
-            from gymnasium.error import ClosedEnvironmentError
-
-            raise ClosedEnvironmentError("the env is closed: build a new one to go on")
-
-    def reset_rows(self, rows: Tensor) -> Tensor:
-        """Replace only the sub-envs where ``rows`` (B,) bool is True by images of a fresh batch (TorchRL partial reset)."""
-        rows = rows.reshape(-1).to(self.device)
-        if rows.shape[0] != self.num_envs:
-            raise ValueError(f"expected a reset mask of {self.num_envs} entries, got shape {tuple(rows.shape)}")
-        if self._z is None or bool(rows.all()):
-            return self.advance()
-        if not bool(rows.any()):
-            return self._obs
-        idx = rows.nonzero().squeeze(1)  # (n,)
-        kept = self._batch_index
-        images, masks = self._next_batch()
-        images, masks = images[idx], masks[idx]
-        z = self._encode(images, idx)  # (n, d, h, w)
-        if self.cache is not None:  # the current images' indices: the kept rows' and the fresh ones'
-            self._batch_index = kept.index_copy(0, idx, self._batch_index[idx])
-        self._images = self._images.index_copy(0, idx, images)
-        self._masks = self._masks.index_copy(0, idx, masks)
-        self._z = self._z.index_copy(0, idx, z)
-        self._obs = self._observe(self._z)
-        if self._reward_zero is not None:
-            self._reward_zero = self._reward_zero.index_copy(0, idx, self._zero_reward(z, masks, idx))
-        return self._obs
 
     # ------------------------------------------------------------------ acting
     def check_action(self, action: Any, batched: bool = True) -> Tensor:
@@ -565,9 +566,7 @@ class SegBanditCore:
         Returns ``reward`` (B,) float32, each term of ``REWARD_TERMS`` (B,) and ``logits`` (B, K, H, W)
         (with the autograd graph when ``differentiable``).
         """
-        self._check_open()
-        if self._z is None:
-            raise ResetNeeded("step() was called before reset(): call reset() first")
+        self._check_reset()
         a = self.check_action(action)  # (B, *action_shape)
         with self._grad():
             out = self.transition.score(self._z, a, self._masks)  # logits (B, K, H, W), rewards (B,), Eq. 15
@@ -585,43 +584,6 @@ class SegBanditCore:
                                 "preds": out["logits"].detach().argmax(1)}  # (B, H, W)
         return result
 
-    def step(self, action: Any, advance_terminal: bool = True) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        """Score ``action`` on the current images, then move to the next batch (same-step autoreset).
-
-        Returns ``(next_obs, reward (B,), info)`` with ``info`` holding each reward term (B,) (and ``reward_zero``
-        with ``paired_reward``), the ``logits`` (B, K, H, W), ``final_obs``: the scored observation, and ``terminated`` (bool): the step ended the
-        episode of ``episode_length`` images (all sub-envs in lockstep).  ``advance_terminal=False``: a terminal step
-        keeps the scored batch (``next_obs`` is its observation) for the caller's reset to move on (TorchRL).
-        """
-        out = self.score(action)
-        final_obs = self._obs
-        self.steps_in_episode += 1
-        terminated = self.steps_in_episode >= self.config.episode_length
-        next_obs = self.advance() if advance_terminal or not terminated else final_obs
-        info: dict[str, Any] = {k: out[k] for k in (*REWARD_TERMS, "reward_zero", "logits") if k in out}
-        info["final_obs"] = final_obs
-        info["terminated"] = terminated
-        if terminated:
-            self.steps_in_episode = 0
-        return next_obs, out["reward"], info
-
-    def render(self) -> Union[Any, None]:
-        """Frames (B, H, 3W, 3) uint8 of the last scored batch (the current one, prediction black, before any step)."""
-        if self.config.render_mode is None:
-            return None
-        from segbandit.visual import side_by_side
-
-        if self.last_scored is not None:
-            return side_by_side(self.last_scored["images"], self.last_scored["masks"], self.last_scored["preds"])
-        if self._images is None:
-            raise ResetNeeded("render() was called before reset(): call reset() first")
-        return side_by_side(self._images, self._masks, None)
-
-    def close(self) -> None:
-        """Stop the DataLoader workers (if any); a later step or reset raises ``ClosedEnvironmentError``."""
-        self._iterator = None
-        self.closed = True
-
 
 __all__ = [
     "ACTION_MODES",
@@ -630,6 +592,7 @@ __all__ = [
     "OBS_MODES",
     "RENDER_MODES",
     "REWARD_TERMS",
+    "BanditCoreBase",
     "SegBanditConfig",
     "SegBanditCore",
 ]

@@ -9,6 +9,9 @@ Every step terminates (a one-step episode, gamma = 1), or every K-th with ``epis
 episode, the next image as the next observation). Stepping again after a terminal step without ``reset()``
 continues on the next image, as the vector env's same-step autoreset does; call ``reset()`` to see its
 observation first.
+
+Generic over its vector env: ``vector_cls`` (a class attribute) names it; :class:`envs.pixel.SegPixelBanditEnv`
+is the ``SegPixelBandit-v0`` subclass.
 """
 from __future__ import annotations
 
@@ -18,19 +21,25 @@ import gymnasium as gym
 import numpy as np
 from torch import Tensor
 
-from envs.core import REWARD_TERMS
 from envs.vector import SegBanditVectorEnv
+
+
+def _item(value: Any) -> Any:
+    """One sub-env's diagnostic: a Python float for a scalar, the array (or tensor) itself for a map."""
+    return float(value) if getattr(value, "ndim", 0) == 0 else value
 
 
 class SegBanditEnv(gym.Env):
     """One image per step. Keyword arguments: those of :class:`envs.core.SegBanditConfig` (not ``num_envs``)."""
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 4}
+    vector_cls: type = SegBanditVectorEnv  # the vector env this is a num_envs=1 view of
 
     def __init__(self, **kwargs: Any) -> None:
         if "num_envs" in kwargs:
-            raise TypeError("SegBanditEnv is a single env; use SegBanditVectorEnv (or gymnasium.make_vec) for num_envs")
-        self.vector_env = SegBanditVectorEnv(num_envs=1, **kwargs)
+            raise TypeError(f"{type(self).__name__} is a single env; use {self.vector_cls.__name__} "
+                            "(or gymnasium.make_vec) for num_envs")
+        self.vector_env = self.vector_cls(num_envs=1, **kwargs)
         self.observation_space = self.vector_env.single_observation_space
         self.action_space = self.vector_env.single_action_space
         self.render_mode = self.vector_env.render_mode
@@ -67,7 +76,7 @@ class SegBanditEnv(gym.Env):
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         batch = self.vector_env.core.check_action(action, batched=False)  # (1, *action_shape), errors name the single shape
         obs, reward, terminated, _, info = self.vector_env.step(batch)
-        step_info = {k: float(info[k][0]) for k in (*REWARD_TERMS, "reward_zero") if k in info}
+        step_info = {k: _item(info[k][0]) for k in self.vector_env.core.info_keys if k in info}
         if not bool(terminated[0]):  # within an episode of several images: the next image is the next observation
             return obs[0], float(reward[0]), False, False, step_info
         self._next_obs = obs

@@ -12,6 +12,10 @@ terminates and the env uses Gymnasium's same-step autoreset, laid out exactly as
 
 For convenience the reward terms ``iou``, ``dice``, ``ce``, ``boundary`` (with their ``_term`` masks) are also
 at the top level of ``info``.
+
+The class is generic over its core: ``config_cls`` / ``core_cls`` (class attributes) name the config and core,
+``_make_spaces()`` builds the single observation and action spaces, and the per-env diagnostics are the core's
+``info_keys``. :class:`envs.pixel.SegPixelBanditVectorEnv` (``SegPixelBandit-v0``) is such a subclass.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
-from envs.core import REWARD_TERMS, SegBanditConfig, SegBanditCore
+from envs.core import SegBanditConfig, SegBanditCore
 
 
 def _to_numpy(t: Tensor) -> np.ndarray:
@@ -51,19 +55,25 @@ class SegBanditVectorEnv(VectorEnv):
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["rgb_array"], "render_fps": 4}
+    config_cls: type = SegBanditConfig  # built from the keyword arguments
+    core_cls: type = SegBanditCore  # built as core_cls(num_envs, config)
 
     def __init__(self, num_envs: int = 1, **kwargs: Any) -> None:
-        self.config = SegBanditConfig(**kwargs)
-        self.core = SegBanditCore(num_envs, self.config)
+        self.config = self.config_cls(**kwargs)
+        self.core = self.core_cls(num_envs, self.config)
         self.num_envs = num_envs
         self.array_type = self.config.array_type
         self.device = self.core.device
         self.render_mode = self.config.render_mode
-        self.single_observation_space = _box(self.core.observation_shape, None)
-        self.single_action_space = _box(self.core.action_shape, self.config.action_bound)
+        self.single_observation_space, self.single_action_space = self._make_spaces()
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.metadata = dict(type(self).metadata)
+
+    def _make_spaces(self) -> tuple[gym.Space, gym.Space]:
+        """The single observation and action spaces: float32 Boxes of the latent shapes (the action one bounded
+        by ``action_bound``)."""
+        return _box(self.core.observation_shape, None), _box(self.core.action_shape, self.config.action_bound)
 
     @property
     def segmentor(self):
@@ -109,7 +119,7 @@ class SegBanditVectorEnv(VectorEnv):
         """
         next_obs, reward, info = self.core.step(actions)
         done = bool(info["terminated"])
-        keys = [k for k in (*REWARD_TERMS, "reward_zero") if k in info]
+        keys = [k for k in self.core.info_keys if k in info]
         terms = {k: self._out(info[k]) for k in keys}
         out_info: dict[str, Any] = {}
         for k in keys:

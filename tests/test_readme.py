@@ -17,8 +17,8 @@ def _run(code: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_readme_has_the_five_documented_examples():
-    assert len(BLOCKS) == 5, [b.splitlines()[0] for b in BLOCKS]
+def test_readme_has_the_six_documented_examples():
+    assert len(BLOCKS) == 6, [b.splitlines()[0] for b in BLOCKS]
 
 
 def _block(marker: str) -> str:
@@ -56,6 +56,12 @@ def test_readme_fit_example_trains_through_the_library_entry_point():
     miou, iterations, keys = proc.stdout.strip().splitlines()[-1].split(" ", 2)
     assert 0.0 <= float(miou) <= 1.0 and iterations == "2"
     assert keys == "['data_time_s', 'failed', 'iterations', 'mean_dice']"
+
+
+def test_readme_pixel_bandit_example_scores_an_all_background_label_map():
+    proc = _run(_block("SegPixelBandit-v0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(4, 3, 32, 32) [0.852 0.711 0.675 0.698] (4, 16, 16)" in proc.stdout
 
 
 def test_benchmark_doc_evaluate_example_scores_the_zero_action_at_zero():

@@ -13,6 +13,7 @@ from segbandit.rss import (
     mode_pool,
     normalize_advantage,
     pixel_advantage,
+    policy_gradient_loss,
     psd_advantage,
     rss_loss,
     sample_actions,
@@ -31,6 +32,27 @@ def test_sampled_maps_have_one_label_per_pixel_and_sample():
     actions = sample_actions(torch.randn(2, 5, 8, 8), num_samples=3)
     assert actions.shape == (3, 2, 8, 8) and actions.dtype == torch.int64
     assert int(actions.min()) >= 0 and int(actions.max()) < 5
+
+
+def test_sampling_from_a_seeded_generator_repeats_and_follows_the_policy():
+    logits = torch.tensor([0.0, 2.0, -1.0]).log_softmax(0)[None, :, None, None].expand(1, 3, 64, 64)  # (1, 3, 64, 64)
+    draw = lambda: sample_actions(logits, 4, generator=torch.Generator().manual_seed(3))  # noqa: E731
+    a = draw()
+    assert torch.equal(a, draw())
+    freq = torch.bincount(a.flatten(), minlength=3).float() / a.numel()
+    assert torch.allclose(freq, logits[0, :, 0, 0].exp(), atol=0.01)
+
+
+def test_class_weighted_policy_gradient_is_the_weighted_mean_over_valid_pixels():
+    logp, adv = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([1.0, 1.0, 1.0])
+    valid, weight = torch.tensor([True, True, False]), torch.tensor([1.0, 5.0, 9.0])
+    assert torch.isclose(policy_gradient_loss(logp, adv, valid, weight), torch.tensor((1.0 + 10.0) / 6.0))
+    assert torch.isclose(policy_gradient_loss(logp, adv, valid), torch.tensor(1.5))
+
+
+def test_a_class_weight_of_the_wrong_length_is_a_value_error():
+    with pytest.raises(ValueError, match=r"class_weight of shape \(3,\), got \(2,\)"):
+        rss_loss(torch.randn(1, 3, 16, 16), _scene(1), RSSConfig(), class_weight=torch.ones(2))
 
 
 def test_action_log_prob_is_the_log_softmax_of_the_taken_label():

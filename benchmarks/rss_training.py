@@ -1,0 +1,186 @@
+"""Reward-only segmentation in the main job: which reward trains a real segmentor, from scratch and warm-started.
+
+Every row is one ``agents.fit.fit`` run of the embedded ``digits`` preset (fcn_resnet_tiny, 64 px DigitScenes) at one
+fixed budget of ``--iters`` iterations, evaluated on the val scenes (mIoU, %), mean ± std over ``--seeds``:
+
+- ``CE (full labels)``: the supervised reference (``--lambda-policy 0 --lambda-kl 0 --modulation none``);
+- ``pixel reward``: ``--objective rss --reward-level pixel`` (r_p = 1[a_p = y_p], baseline pi(y_p | x));
+- ``image``, ``image + PSR``, ``image + PSD``, ``image + PSR + PSD``: ``--objective rss --reward-level image`` with
+  the group baseline or PSD, at full resolution only or with the PSR schedule 1/16 -> 1/8 -> 1/4 -> 1/1 (moves at
+  1/8, 1/4 and 1/2 of the budget, coarser scales kept);
+- ``latent rl_only``: the latent-space method with no CE (``--schedule rl_only``, the paper's "only RL" row).
+
+Each objective row runs twice: from scratch, and warm-started (``--init-from``) from a short CE run of ``--warm-iters``
+iterations of the same seed (the CE row then continues CE).  Every row reports its mIoU as a fraction of the CE row of
+the same start, and the paired difference to ``image + PSR + PSD`` with its t statistic.  Runs are cached
+(``benchmarks/results/rss_training/``) and the script resumes from the cache.
+
+    python benchmarks/rss_training.py                   # 3 seeds x 13 rows + 3 warm starts; the time is in docs/rss.md
+    python benchmarks/rss_training.py --iters 16 --warm-iters 8 --seeds 0 --train-size 64 --val-size 32 --cache /tmp/rss --out /tmp/rss.json   # smoke
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import RESULTS, finish, machine  # noqa: E402
+from ablations import _atomic_write_json, config_key, load_cached, paired_t, train_and_evaluate  # noqa: E402
+from agents.checkpoint import checkpoint_name  # noqa: E402
+from agents.config import make_config, to_dict  # noqa: E402
+
+CE = dict(objective="latent_rl", lambda_policy=0.0, lambda_kl=0.0, modulation="none")
+PSR_SCALES = (16, 8, 4, 1)
+
+
+def psr(iters: int) -> dict[str, Any]:
+    """The PSR schedule at a budget of ``iters``: 1/16, 1/8, 1/4 until 1/8, 1/4, 1/2 of it, then full size."""
+    return dict(psr_scales=PSR_SCALES, psr_milestones=(iters // 8, iters // 4, iters // 2))
+
+
+def rows(iters: int) -> dict[str, dict[str, Any]]:
+    """Row label -> config overrides (the objective rows; ``latent rl_only`` is added from scratch only)."""
+    rss = dict(objective="rss", psr_scales=(1,), psr_milestones=None)
+    return {
+        "CE (full labels)": CE,
+        "pixel reward": {**rss, "reward_level": "pixel"},
+        "image": {**rss, "reward_level": "image", "psd": False},
+        "image + PSR": {**rss, "reward_level": "image", "psd": False, **psr(iters)},
+        "image + PSD": {**rss, "reward_level": "image", "psd": True},
+        "image + PSR + PSD": {**rss, "reward_level": "image", "psd": True, **psr(iters)},
+    }
+
+
+REFERENCE = "image + PSR + PSD"
+RL_ONLY = "latent rl_only"
+
+
+def run_config(overrides: dict[str, Any], seed: int, budget: dict[str, Any]) -> dict[str, Any]:
+    return to_dict(make_config("digits", **budget, **overrides, seed=seed))
+
+
+def cached_run(cfg: dict[str, Any], cache: Path, keep_in: Path | None = None, log=print) -> dict[str, Any]:
+    """The cached result of ``cfg``, or a fresh run (written to the cache)."""
+    hit = load_cached(cache, cfg)
+    if hit is not None and (keep_in is None or (keep_in / checkpoint_name(cfg["max_iters"])).exists()):
+        return hit
+    t = time.perf_counter()
+    res = train_and_evaluate(cfg, on_end=lambda *_: {}, keep_in=keep_in)
+    res.update(key=config_key(cfg), config=cfg)
+    _atomic_write_json(cache / f"{res['key']}.json", res)
+    log(f"  {cfg['objective']:9s} seed {cfg['seed']} init {'warm' if cfg['init_from'] else 'scratch':7s} "
+        f"mIoU {100 * res['miou']:.1f}  ({time.perf_counter() - t:.0f} s)")
+    return res
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def measure(args: argparse.Namespace, log=print) -> dict[str, Any]:
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    budget = dict(max_iters=args.iters, train_size=args.train_size, val_size=args.val_size,
+                  warmup_iters=min(100, args.iters // 8))  # fmt: skip
+    table = rows(args.iters)
+    results: dict[str, dict[str, dict[int, float]]] = {"scratch": {}, "warm": {}}
+    t0 = time.perf_counter()
+    for seed in args.seeds:
+        warm_dir = cache / "warm" / f"ce{args.warm_iters}-seed{seed}"
+        warm_budget = {**budget, "max_iters": args.warm_iters, "warmup_iters": min(100, args.warm_iters // 8)}
+        cached_run(run_config(CE, seed, warm_budget), cache, keep_in=warm_dir, log=log)
+        warm_ckpt = str(warm_dir / checkpoint_name(args.warm_iters))
+        for label, overrides in table.items():
+            for start, init in (("scratch", None), ("warm", warm_ckpt)):
+                res = cached_run(run_config({**overrides, "init_from": init}, seed, budget), cache, log=log)
+                results[start].setdefault(label, {})[seed] = 100 * res["miou"]
+        res = cached_run(run_config({"schedule": "rl_only"}, seed, budget), cache, log=log)
+        results["scratch"].setdefault(RL_ONLY, {})[seed] = 100 * res["miou"]
+    return {"results": results, "budget": budget, "warm_iters": args.warm_iters, "seeds": list(args.seeds),
+            "seconds": time.perf_counter() - t0}  # fmt: skip
+
+
+def summarize(measured: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per start: each row's mean ± std mIoU, fraction of CE, paired delta to the reference with its t."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for start, table in measured["results"].items():
+        ce = table["CE (full labels)"]
+        ref = table.get(REFERENCE, {})
+        out[start] = []
+        for label, per_seed in table.items():
+            seeds = sorted(per_seed)
+            mean, std = _mean_std([per_seed[s] for s in seeds])
+            frac = statistics.fmean(per_seed[s] / ce[s] for s in seeds if s in ce and ce[s] > 0)
+            deltas = [per_seed[s] - ref[s] for s in seeds if s in ref]
+            d_mean, d_std = _mean_std(deltas) if deltas and label != REFERENCE else (math.nan, math.nan)
+            out[start].append({"row": label, "miou": mean, "std": std, "of_ce": frac, "delta": d_mean,
+                               "delta_t": paired_t(d_mean, d_std, len(deltas)), "per_seed": [per_seed[s] for s in seeds]})
+    return out
+
+
+def markdown(summary: dict[str, list[dict[str, Any]]], measured: dict[str, Any], background: float) -> str:
+    b = measured["budget"]
+    lines = [f"Budget: {b['max_iters']} iterations at batch 16, {b['train_size']} training scenes, {b['val_size']} val "
+             f"scenes, seeds {measured['seeds']}; warm start = {measured['warm_iters']} CE iterations. Predicting "
+             f"background everywhere: {background:.1f} % mIoU.", ""]  # fmt: skip
+    for start, title in (("scratch", "from scratch"), ("warm", f"warm-started from {measured['warm_iters']} CE iterations")):
+        lines += [f"**{title}**", "", f"| row | val mIoU (%) | of CE | Δ vs {REFERENCE} (t) | per seed |",
+                  "|---|---:|---:|---:|---|"]  # fmt: skip
+        for r in summary[start]:
+            t = "" if r["delta_t"] is None else f" ({r['delta_t']:+.1f})"
+            delta = "–" if not math.isfinite(r["delta"]) else f"{r['delta']:+.1f}{t}"
+            seeds = ", ".join(f"{v:.1f}" for v in r["per_seed"])
+            lines.append(f"| {r['row']} | {r['miou']:.1f} ± {r['std']:.1f} | {r['of_ce']:.2f} | {delta} | {seeds} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def background_miou(val_size: int) -> float:
+    """The val mIoU (%) of predicting background everywhere on the scenes the runs evaluate."""
+    import torch
+
+    from segbandit.data import make_dataset
+    from segbandit.metrics import SegmentationMetric
+
+    ds = make_dataset("digits", "val", image_size=64)
+    metric = SegmentationMetric(11)
+    for i in range(min(val_size, len(ds))):
+        mask = torch.as_tensor(ds[i][1]).long()[None]
+        metric.update(torch.nn.functional.one_hot(torch.zeros_like(mask), 11).permute(0, 3, 1, 2).float(), mask)
+    return 100 * float(metric.compute()["miou"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--iters", type=int, default=300, help="iterations of every row (the fixed budget)")
+    p.add_argument("--warm-iters", type=int, default=200, help="CE iterations of the warm start")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--train-size", type=int, default=2000, help="distinct training scenes")
+    p.add_argument("--val-size", type=int, default=256, help="val scenes")
+    p.add_argument("--cache", default=str(RESULTS / "rss_training"), help="folder of the cached runs")
+    p.add_argument("--out", default=str(RESULTS / "rss_training.json"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    measured = measure(args)
+    summary = summarize(measured)
+    text = markdown(summary, measured, background_miou(args.val_size))
+    print(text)
+    finish({"machine": machine(__import__("torch").device("cpu")), **measured, "summary": summary, "markdown": text},
+           args.out)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
