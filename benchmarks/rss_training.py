@@ -7,7 +7,7 @@ fixed budget of ``--iters`` iterations, evaluated on the val scenes (mIoU, %), m
 - ``pixel reward``: ``--objective rss --reward-level pixel`` (r_p = 1[a_p = y_p], baseline pi(y_p | x));
 - ``image``, ``image + PSR``, ``image + PSD``, ``image + PSR + PSD``: ``--objective rss --reward-level image`` with
   the group baseline or PSD, at full resolution only or with the PSR schedule 1/16 -> 1/8 -> 1/4 -> 1/1 (moves at
-  1/8, 1/4 and 1/2 of the budget, coarser scales kept);
+  1/8, 1/4 and 1/2 of the budget, coarser scales kept; ``non-cumulative``: each coarse scale dropped once passed);
 - ``latent rl_only``: the latent-space method with no CE (``--schedule rl_only``, the paper's "only RL" row).
 
 Each objective row runs twice: from scratch, and warm-started (``--init-from``) from a short CE run of ``--warm-iters``
@@ -57,6 +57,8 @@ def rows(iters: int) -> dict[str, dict[str, Any]]:
         "image + PSR": {**rss, "reward_level": "image", "psd": False, **psr(iters)},
         "image + PSD": {**rss, "reward_level": "image", "psd": True},
         "image + PSR + PSD": {**rss, "reward_level": "image", "psd": True, **psr(iters)},
+        "image + PSR (non-cumulative) + PSD": {**rss, "reward_level": "image", "psd": True, **psr(iters),
+                                               "psr_cumulative": False},
     }
 
 
