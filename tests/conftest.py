@@ -19,6 +19,24 @@ def _seed_everything():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (32 px batches gain nothing from more; the CPUs are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_batch(b: int = 2, size: int = 32, seed: int = 0, num_classes: int = 11) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images (b, 3, size, size) and labels (b, size, size) in [0, num_classes) with a void band (255)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 3, size, size, generator=g)
+    y = torch.randint(0, num_classes, (b, size, size), generator=g)
+    y[:, :2] = 255  # a void band
+    return x, y
+
+
 def free_port() -> int:
     """A free TCP port on localhost for a spawned gloo process group."""
     with socket.socket() as s:

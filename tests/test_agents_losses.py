@@ -26,13 +26,7 @@ from segbandit.policy import LatentPolicy, gaussian_entropy, gaussian_kl, gaussi
 B, D, H, W = 4, 8, 4, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tensors here are tiny: a second intra-op thread only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _policy() -> LatentPolicy:

@@ -25,13 +25,7 @@ K = 11
 TINY = {"num_samples": 12}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """32 px batches gain nothing from intra-op threads; one thread also avoids OpenMP spin contention on busy CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

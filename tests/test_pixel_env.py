@@ -21,13 +21,7 @@ TINY = {"num_samples": 16}
 ENV_ID = "SegPixelBandit-v0"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """32 px batches gain nothing from intra-op threads (and the CPUs are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

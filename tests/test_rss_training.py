@@ -11,6 +11,7 @@ import torch
 from agents.checkpoint import checkpoint_name, load_checkpoint
 from agents.config import make_config
 from agents.trainer import CoTrainer
+from conftest import toy_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("train_voc_bandit", ROOT / "examples" / "train_voc_bandit.py")
@@ -30,14 +31,6 @@ def rss_cfg(**overrides):
                 num_workers=0, warmup_iters=0, psr_scales=(8, 4, 1), psr_milestones=(1, 2))  # fmt: skip
     base.update(overrides)
     return make_config("digits", **base)
-
-
-def toy_batch(b: int = 2, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, 3, size, size, generator=g)
-    y = torch.randint(0, K, (b, size, size), generator=g)
-    y[:, :2] = 255  # a void band
-    return x, y
 
 
 def rows(path: Path) -> list[dict[str, str]]:

@@ -1,5 +1,6 @@
 """CoTrainer (Eq. 6), its schedules, the non-finite guard, checkpoints and the run config."""
 import copy
+import functools
 import json
 import logging
 import math
@@ -19,9 +20,11 @@ from agents.checkpoint import (
 )
 from agents.config import PRESETS, TrainConfig, config_from_args, load_config, make_config, save_config
 from agents.trainer import CoTrainer, IterationBatchSampler, build_optimizer, build_scheduler, lr_factor
+from conftest import toy_batch as _toy_batch
 from segbandit.policy import sample_action
 
 K = 5  # classes of the toy batches
+toy_batch = functools.partial(_toy_batch, num_classes=K)
 
 
 def tiny_cfg(**overrides) -> TrainConfig:
@@ -32,14 +35,6 @@ def tiny_cfg(**overrides) -> TrainConfig:
     )  # fmt: skip
     base.update(overrides)
     return make_config("digits", **base)
-
-
-def toy_batch(b: int = 2, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, 3, size, size, generator=g)
-    y = torch.randint(0, K, (b, size, size), generator=g)
-    y[:, :2] = 255  # a void band
-    return x, y
 
 
 def params_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
