@@ -22,7 +22,7 @@ from agents.losses import RATIO_CLIPS
 from segbandit.policy import ACTION_MODES, REDUCTIONS
 
 SCHEDULES: tuple[str, ...] = ("joint", "sft_then_rl", "rl_only")  # Table 1
-DATASET_NAMES: tuple[str, ...] = ("digits", "voc")
+DATASET_NAMES: tuple[str, ...] = ("digits", "voc", "cityscapes", "ade20k")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 LOGPROB_REDUCTIONS: tuple[str, ...] = REDUCTIONS  # segbandit.policy's, under the name the flags use
 MIN_CROP_SIZE = 16  # DigitScenes' smallest scene; a stride-8 segmentor then still has a 2 x 2 latent
@@ -141,13 +141,16 @@ class TrainConfig:
                                   none_words=("none",))
 
     # -- data
-    dataset: str = _knob("voc", "digits (embedded, no download) or voc (needs --data-root)", group="data",
-                         choices=DATASET_NAMES)
-    data_root: str | None = _knob(None, "folder containing VOCdevkit (or VOCdevkit, or VOC2012 itself); switches "
-                                        "the dataset to VOC", group="data")
-    train_split: str = _knob("trainaug", "training split; VOC: trainaug (default), train, trainval", group="data")
+    dataset: str = _knob("voc", "digits (embedded, no download), or voc, cityscapes, ade20k (need --data-root)",
+                         group="data", choices=DATASET_NAMES)
+    data_root: str | None = _knob(None, "the dataset's root: the folder containing VOCdevkit (or VOC2012), the "
+                                        "Cityscapes folder (leftImg8bit, gtFine), or ADEChallengeData2016 (or its "
+                                        "parent); switches from digits to the preset's dataset (VOC)", group="data")
+    train_split: str = _knob("trainaug", "training split; VOC: trainaug (default), train, trainval; Cityscapes / "
+                                         "ADE20K: train", group="data")
     val_split: str = _knob("val", "evaluation split (VOC: val)", group="data")
-    crop_size: int = _knob(512, "train crop; digits: the scene size", group="data")
+    crop_size: int = _knob(512, "train crop; digits: the scene size; Cityscapes: crop_size x 2 crop_size",
+                           group="data")
     batch_size: int = _knob(16, "global batch; under torchrun each of N processes reads batch-size / N images",
                             group="data")
     eval_batch_size: int | None = _knob(None, "evaluation batch; 'none' = --batch-size", group="data",
@@ -266,6 +269,13 @@ class TrainConfig:
                               group="optimisation")
     warmup_iters: int = _knob(0, "linear warm-up from lr / (N + 1) to lr over the first N steps",
                               group="optimisation")
+    backbone_lr_mult: float = _knob(1.0, "lr multiplier of the segmentor's encoder (SETR recipe: 0.1)",
+                                    group="optimisation")
+    head_lr_mult: float = _knob(1.0, "lr multiplier of the decoder side: heads, modulation, alpha (Segformer recipe: "
+                                     "10, mmsegmentation's 'head' lr_mult)", group="optimisation")
+    norm_weight_decay: float | None = _knob(None, "weight decay of the normalisation layers' parameters; 'none' = "
+                                                  "--weight-decay (Segformer recipe: 0)", group="optimisation",
+                                            none_words=("none",))
     grad_clip: float | None = _knob(None, "max global gradient norm; 'none' = off", group="optimisation",
                                     none_words=("none",))
     max_nonfinite: int = _knob(20, "consecutive skipped (non-finite) steps before giving up (exit code 3)",
@@ -440,11 +450,47 @@ VOC_FCN_R50_PRESET: dict[str, Any] = dict(
     log_every=50,
 )
 
+# The paper's Table 2 grid, SSSegmentation's recipes: a dataset's data and schedule x a model's optimiser, as
+# "<dataset>-<model>" (voc-fcn-r50 above is the VOC x FCN-R50 cell).  Datasets: VOC-aug 512 crop, batch 16, 40k
+# iterations; Cityscapes 512 x 1024 crops, batch 8, 80k iterations (mmsegmentation's FCN schedule); ADE20K 512 crop,
+# batch 16, 160k iterations.
+DATASET_RECIPES: dict[str, dict[str, Any]] = {
+    "voc": {k: VOC_FCN_R50_PRESET[k] for k in ("dataset", "train_split", "val_split", "crop_size", "train_size",
+                                               "val_size", "num_workers", "max_iters", "batch_size", "eval_every",
+                                               "save_every", "log_every")},
+    "cityscapes": dict(dataset="cityscapes", train_split="train", val_split="val", crop_size=512, train_size=None,
+                       val_size=None, num_workers=4, max_iters=80000, batch_size=8, eval_every=8000, save_every=8000,
+                       log_every=50),
+    "ade20k": dict(dataset="ade20k", train_split="train", val_split="val", crop_size=512, train_size=None,
+                   val_size=None, num_workers=4, max_iters=160000, batch_size=16, eval_every=16000, save_every=16000,
+                   log_every=50),
+}  # fmt: skip
+MODEL_RECIPES: dict[str, dict[str, Any]] = {
+    "fcn-r50": {k: VOC_FCN_R50_PRESET[k] for k in ("model", "pretrained_backbone", "attn_dim", "num_heads",
+                                                   "policy_hidden", "optimizer", "lr", "momentum", "weight_decay",
+                                                   "poly_power")},
+    # Segformer (SSSegmentation / mmsegmentation): AdamW 6e-5, betas (0.9, 0.999) (torch's default), wd 0.01, poly 1.0
+    # after a 1,500-iteration linear warm-up, head lr x10, no weight decay on norms; no auxiliary head.  The
+    # attention runs at the paper's width d = 512 (16 x 16 tokens at 512 px: cheap).
+    **{f"segformer-{size}": dict(model=f"segformer_mit_{size}", pretrained_backbone=True, attn_dim=None, num_heads=8,
+                                 policy_hidden=256, optimizer="adamw", lr=6e-5, weight_decay=0.01, poly_power=1.0,
+                                 warmup_iters=1500, head_lr_mult=10.0, norm_weight_decay=0.0, aux_weight=0.0)
+       for size in ("b1", "b3")},
+    # SETR-Naive (mmsegmentation): SGD 0.01, momentum 0.9, wd 0, encoder lr x0.1, poly 0.9, aux heads at 0.4 each.
+    "setr-vit-l": dict(model="setr_naive_vit_l16", pretrained_backbone=True, attn_dim=None, num_heads=8,
+                       policy_hidden=256, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.0, poly_power=0.9,
+                       backbone_lr_mult=0.1, aux_weight=0.4),
+}  # fmt: skip
+
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": DIGITS_PRESET,
     "digits-fcn-r18": DIGITS_FCN_R18_PRESET,
-    "voc-fcn-r50": VOC_FCN_R50_PRESET,
+    # the CPU-sized transformers on the digits recipe (docs/transformers.md has what they reach)
+    "digits-segformer-b0": {**DIGITS_PRESET, "model": "segformer_mit_b0", "aux_weight": 0.0, "lr": 1e-3},
+    "digits-setr-tiny": {**DIGITS_PRESET, "model": "setr_naive_vit_tiny"},
+    **{f"{ds}-{model}": {**data, **recipe} for ds, data in DATASET_RECIPES.items() for model, recipe in MODEL_RECIPES.items()},
 }
+assert PRESETS["voc-fcn-r50"] == VOC_FCN_R50_PRESET  # the grid's VOC x FCN-R50 cell is the paper's preset, unchanged
 
 
 class _ExplicitNone:
@@ -474,9 +520,10 @@ def make_config(preset: str = "digits", **overrides: Any) -> TrainConfig:
 def config_from_args(args: Any) -> TrainConfig:
     """TrainConfig from parsed flags (an argparse.Namespace or a dict).
 
-    The preset (``args.preset``; None = ``"voc-fcn-r50"`` when a data root is given, else ``"digits"``) supplies the
+    The preset (``args.preset``; None = ``"<dataset>-fcn-r50"`` when a data root is given, else ``"digits"``) supplies the
     defaults; every flag whose value is not None overrides it, and :data:`EXPLICIT_NONE` sets a field to None
-    (``--attn-dim d``: the paper's full width; ``--logstd-bound none``: unbounded log sigma, Table 8).  A data root switches the dataset to VOC.
+    (``--attn-dim d``: the paper's full width; ``--logstd-bound none``: unbounded log sigma, Table 8).  A data root
+    switches the dataset to the preset's (VOC for the digits presets) unless ``--dataset`` is given.
     Keys that are not config fields are ignored, so the whole namespace can be passed.
     """
     values = dict(vars(args)) if not isinstance(args, Mapping) else dict(args)
@@ -484,10 +531,11 @@ def config_from_args(args: Any) -> TrainConfig:
     overrides = {k: v for k, v in values.items() if k in names and k != "preset" and v is not None}
     overrides = {k: (None if v is EXPLICIT_NONE else v) for k, v in overrides.items()}
     preset = values.get("preset")
-    if preset is None:
-        preset = "voc-fcn-r50" if overrides.get("data_root") else "digits"
-    if overrides.get("data_root") and "dataset" not in overrides:
-        overrides["dataset"] = "voc"
+    if preset is None:  # a data root without a preset: that dataset's FCN-R50 recipe (VOC unless --dataset says)
+        preset = f"{overrides.get('dataset', 'voc')}-fcn-r50" if overrides.get("data_root") else "digits"
+    if overrides.get("data_root") and "dataset" not in overrides:  # a data root is never the embedded digits
+        preset_dataset = PRESETS.get(preset, {}).get("dataset", "voc")
+        overrides["dataset"] = preset_dataset if preset_dataset != "digits" else "voc"
     if isinstance(overrides.get("reward_weights"), Mapping):  # parse_reward_weights gives {term: weight}
         w = overrides["reward_weights"]
         overrides["reward_weights"] = tuple(float(w[t]) for t in ("iou", "dice", "ce", "boundary"))
@@ -559,6 +607,8 @@ __all__ = [
     "LOGPROB_REDUCTIONS",
     "OBJECTIVES",
     "OPTIMIZERS",
+    "DATASET_RECIPES",
+    "MODEL_RECIPES",
     "PRESETS",
     "RSS_DEFAULTS",
     "SCHEDULES",

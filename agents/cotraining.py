@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agents.objective import PolicyObjective
+from segbandit.models import aux_heads
 from segbandit.constants import IGNORE_INDEX
 from segbandit.distributed import SINGLE, DistInfo, all_reduce_sum
 
@@ -102,8 +103,8 @@ class CoTrainingLoss(nn.Module):
         if ce:
             out["loss_ce"] = self.cross_entropy(step["logits"], step["mask"])  # Eq. 2
             aux = step.get("logits_aux")
-            if aux is not None and self.aux_weight > 0:
-                out["loss_aux"] = self.aux_weight * self.cross_entropy(aux, step["mask"])
+            if aux is not None and self.aux_weight > 0:  # (B, K, H, W), or (B, A, K, H, W): each of A heads weighted
+                out["loss_aux"] = self.aux_weight * sum(self.cross_entropy(a, step["mask"]) for a in aux_heads(aux))
         if rl:
             loc, scale = step["loc"], step["scale"]  # (B, d) each, with graph
             pol = self.objective(

@@ -14,8 +14,16 @@ from segbandit.distributed import SINGLE, DistInfo
 from segbandit.errors import DataError
 
 
+# the training split a config names, per dataset: VOC trainaug / train / trainval; Cityscapes and ADE20K have one
+_TRAIN_SPLIT_ALIASES: dict[str, dict[str, str]] = {
+    "cityscapes": {"trainaug": "train"},
+    "ade20k": {"trainaug": "train"},
+}
+
+
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, tuple[str, ...]]:
-    """(train, val, num_classes, class_names) for ``cfg``: DigitScenes or VOC (trainaug/val)."""
+    """(train, val, num_classes, class_names) for ``cfg``: DigitScenes, VOC (trainaug/val), Cityscapes or ADE20K
+    (train/val; the default train split ``trainaug`` means ``train`` for them)."""
     if cfg.dataset == "digits":
         train_kw = {"num_samples": cfg.train_size} if cfg.train_size else {}
         val_kw = {"num_samples": cfg.val_size} if cfg.val_size else {}
@@ -25,8 +33,10 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, tuple[str, 
         val = make_dataset("digits", cfg.val_split, seed=0, image_size=cfg.crop_size, cache=True, **val_kw)
         names = tuple(train.class_names)
     else:
-        train = make_dataset("voc", cfg.train_split, root=cfg.data_root, image_size=cfg.crop_size)
-        val = make_dataset("voc", cfg.val_split, root=cfg.data_root, image_size=cfg.crop_size)
+        train_split = _TRAIN_SPLIT_ALIASES.get(cfg.dataset, {}).get(cfg.train_split, cfg.train_split)
+        train = make_dataset(cfg.dataset, train_split, root=cfg.data_root, image_size=cfg.crop_size,
+                             train=cfg.augment)
+        val = make_dataset(cfg.dataset, cfg.val_split, root=cfg.data_root, image_size=cfg.crop_size, train=False)
         names = tuple(train.class_names)
         if cfg.val_size:
             val = Subset(val, range(min(cfg.val_size, len(val))))
@@ -72,7 +82,7 @@ def one_line(err: BaseException) -> str:
 
 
 def _check_files(ds: Dataset) -> None:
-    """Every image and mask file a VOC split lists exists (a stat each: cheap, and names the first missing one)."""
+    """Every image and mask file a split lists exists (a stat each: cheap, and names the first missing one)."""
     base = ds.dataset if isinstance(ds, Subset) else ds
     for kind in ("images", "masks"):
         for path in getattr(base, kind, []):

@@ -75,11 +75,12 @@ def refine_policy(bundle: Bundle, cfg: TrainConfig, steps: int = REFINE_STEPS, l
     while step < steps:
         for images, masks in loader:  # one Adam step per batch
             with torch.no_grad():
-                z = transition.encode(images)["out"]  # (B, d, h, w)
+                feats = transition.encode(images)
+            z = feats["out"]  # (B, d, h, w)
             mu, log_std = policy(z)  # (B, d) each
             eps = torch.randn(mu.shape, generator=generator)
             s = (mu + log_std.exp() * eps).clamp(-bound, bound)  # the env's channel action (Eq. 11), in its bound
-            loss = F.cross_entropy(transition.decode(z, s, tuple(masks.shape[-2:])), masks, ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(transition.decode(z, s, tuple(masks.shape[-2:]), segmentor.skips(feats)), masks, ignore_index=IGNORE_INDEX)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

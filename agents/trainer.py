@@ -496,6 +496,7 @@ class CoTrainer:
         with grad:
             feats = self.transition.encode(images)
         z = feats["out"]  # (B, d, h, w)
+        skips = self.segmentor.skips(feats)  # pass-through features the decoder reads beside z (Segformer; else ())
         b = z.shape[0]
         obs = z.detach().float()  # the policy never sends gradient into the encoder
         own_noise = generator is None
@@ -504,7 +505,7 @@ class CoTrainer:
             (self.dist.rank, self.dist.world_size) if own_noise else None, samples if not deterministic else 1,
         )  # fmt: skip
         with grad:
-            out = self.transition.score(z, action[:b], masks, feats.get("aux") if aux else None)  # Eq. 15
+            out = self.transition.score(z, action[:b], masks, feats.get("aux") if aux else None, skips)  # Eq. 15
         finite = out.pop("finite")
         scale = log_std.exp()
         step = {"observation": obs, "loc": mu, "scale": scale, "action": action, "mask": masks, **out}
@@ -512,14 +513,16 @@ class CoTrainer:
             k = action.shape[0] // b
             with torch.no_grad():
                 rest = self.transition.score(z.detach().repeat(k - 1, 1, 1, 1), action[b:].detach(),
-                                             masks.repeat(k - 1, 1, 1))  # fmt: skip
+                                             masks.repeat(k - 1, 1, 1),
+                                             skips=tuple(t.detach().repeat(k - 1, 1, 1, 1) for t in skips))  # fmt: skip
             finite = finite & rest["finite"]
             step.update(observation=obs.repeat(k, 1, 1, 1), loc=mu.repeat(k, 1), scale=scale.repeat(k, 1),
                         reward=torch.cat([out["reward"], rest["reward"]]))  # fmt: skip
         if greedy:
             with torch.no_grad():
                 mean_action = mu.detach() if action.dim() == 2 else mu.detach()[:, :, None, None].expand_as(action[:b])
-                step["reward_greedy"] = self.transition.score(z.detach(), mean_action, masks)["reward"]  # r(x, s = mu)
+                step["reward_greedy"] = self.transition.score(
+                    z.detach(), mean_action, masks, skips=tuple(t.detach() for t in skips))["reward"]  # r(x, s = mu)
         return step, finite
 
     def add_per_image_baseline(self, step: dict[str, torch.Tensor], num_images: int) -> None:
@@ -580,7 +583,7 @@ class CoTrainer:
         self.segmentor.train()
         feats = self.transition.encode(images)
         z = feats["out"]  # (B, d, h, w)
-        out = self.transition.score(z, torch.zeros_like(z), masks)  # logits (B, K, H, W), greedy rewards (B,)
+        out = self.transition.score(z, torch.zeros_like(z), masks, skips=self.segmentor.skips(feats))  # logits, r (B,)
         active = self.scales.active()
         stats: dict[str, Any] = {"phase": "rss", "psr_scale": float(active[-1])}
         stats.update(_floats({f"reward_{k}": out[f"reward_{k}" if k != "total" else "reward"].mean() for k in REWARD_TERMS}))
@@ -680,7 +683,7 @@ class CoTrainer:
         Gradients are clipped to a global norm of ``cfg.grad_clip`` when set.
         """
         iteration = self.iteration + 1
-        lr = float(self.optimizer.param_groups[0]["lr"])
+        lr = self.cfg.lr * float(self.scheduler.lr_lambdas[0](self.scheduler.last_epoch))  # the base lr, any group mults
         self.optimizer.zero_grad(set_to_none=True)
         images = images.to(self.device, non_blocking=True)
         masks = masks.to(self.device, non_blocking=True)
@@ -765,9 +768,11 @@ class CoTrainer:
         """
         images = images.to(self.device)
         with self._eval_mode():
-            z = self.transition.encode(images)["out"]  # (B, d, h, w)
+            feats = self.transition.encode(images)
+            z = feats["out"]  # (B, d, h, w)
             _, _, action = self._act(z.float(), deterministic, generator)
-            return self.transition.decode(z, action, (int(images.shape[-2]), int(images.shape[-1])))
+            size = (int(images.shape[-2]), int(images.shape[-1]))
+            return self.transition.decode(z, action, size, self.segmentor.skips(feats))
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
@@ -911,10 +916,38 @@ class _StepModule(nn.Module):
         return self._trainer._compute_losses(images, masks)
 
 
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.modules.normalization.RMSNorm)
+
+
+def segmentor_groups(segmentor: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The segmentor's optimiser groups: one group, or, with ``backbone_lr_mult`` / ``head_lr_mult`` /
+    ``norm_weight_decay`` set (mmsegmentation's ``paramwise_cfg``: the Segformer and SETR recipes), encoder and decoder
+    side (heads, modulation, alpha) at lr x their multiplier, each split into normalisation-layer parameters (weight
+    decay ``norm_weight_decay``) and the rest."""
+    params = [p for p in segmentor.parameters() if p.requires_grad]
+    if cfg.backbone_lr_mult == 1.0 and cfg.head_lr_mult == 1.0 and cfg.norm_weight_decay is None:
+        return [{"params": params, "name": "segmentor"}]  # the plain recipe: one group (checkpoints keep their layout)
+    norm_ids = {id(p) for m in segmentor.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+    encoder = getattr(segmentor, "backbone", None)
+    encoder_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    groups = []
+    for side, mult in (("backbone", cfg.backbone_lr_mult), ("head", cfg.head_lr_mult)):
+        for norm in (False, True):
+            ps = [p for p in params if (id(p) in encoder_ids) == (side == "backbone") and (id(p) in norm_ids) == norm]
+            if not ps:
+                continue
+            group: dict[str, Any] = {"params": ps, "name": f"{side}_norm" if norm else side, "lr": cfg.lr * mult}
+            if norm and cfg.norm_weight_decay is not None:
+                group["weight_decay"] = cfg.norm_weight_decay
+            groups.append(group)
+    return groups
+
+
 def param_groups(segmentor: nn.Module, policy: nn.Module, objective: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Optimiser groups: segmentor, policy (lr = ``cfg.policy_lr`` or ``cfg.lr``) and the objective's critic, if any."""
+    """Optimiser groups: the segmentor's (:func:`segmentor_groups`), the policy (lr = ``cfg.policy_lr`` or
+    ``cfg.lr``) and the objective's critic, if any."""
     groups: list[dict[str, Any]] = [
-        {"params": [p for p in segmentor.parameters() if p.requires_grad], "name": "segmentor"},
+        *segmentor_groups(segmentor, cfg),
         {
             "params": [p for p in policy.parameters() if p.requires_grad],
             "name": "policy",
@@ -946,6 +979,7 @@ __all__ = [
     "build_scheduler",
     "lr_factor",
     "param_groups",
+    "segmentor_groups",
     "resolve_device",
     "seed_everything",
 ]

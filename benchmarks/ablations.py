@@ -113,6 +113,7 @@ LATER_FIELDS: dict[str, Any] = {
     "init_from": None, "objective": "latent_rl", "reward_level": "image", "rss_samples": 4, "rss_temperature": 1.0,
     "rss_reward": "miou", "psd": True, "psr_scales": [16, 8, 4, 1], "psr_milestones": None, "psr_patience": 50,
     "psr_cumulative": True, "rss_normalize": True,  # issue 15
+    "backbone_lr_mult": 1.0, "head_lr_mult": 1.0, "norm_weight_decay": None,  # issue 16
 }  # fmt: skip
 # Fields that never change a run's result: left out of the cache key.
 NON_RESULT_FIELDS: tuple[str, ...] = (

@@ -33,6 +33,7 @@ paper's attention width and the preset's 512, and records iterations per second 
     python benchmarks/bench_step.py --threads 1 --cap-s 150           # on a shared machine (no thread oversubscription)
     python benchmarks/bench_step.py --device cuda --preset voc-fcn-r50  # on a GPU
     python benchmarks/bench_step.py --attn-accuracy --threads 1       # digits accuracy, full vs reduced width
+    python benchmarks/bench_step.py --transformers                    # Segformer / SETR rows (add --device cuda on a GPU)
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from segbandit.constants import IGNORE_INDEX  # noqa: E402
+from segbandit.models import aux_heads  # noqa: E402
 from _common import RESULTS, finish, interleaved, load_note, machine, summary, sync, timed  # noqa: E402
 
 ATTN_DIMS_VOC: tuple[int, ...] = (2048, 1024, 512, 256)
@@ -111,6 +113,30 @@ def cpu_rows() -> list[Row]:
 DEFAULT_CPU_ROWS = "0,1,3"
 
 
+def transformer_rows(gpu: bool, batch: int) -> list[Row]:
+    """``--transformers``: the Segformer and SETR presets' models, each at the paper's attention width d.
+
+    CPU: the CPU-sized ones at the digits scale (64 px, batch 16) and MiT-B1 / B3 / ViT-L at 256 px, batch 2 / 2 / 1
+    (a CPU-affordable size); GPU: each at 512 px, batch ``batch``, bf16.
+    """
+    if gpu:
+        return [Row(f"{m} 512px B{batch} bf16 ({p}, attn_dim = d)", p, m, 512, batch, 21, attn_dim=None,
+                    use_preset_attn=False)
+                for m, p in (("segformer_mit_b1", "voc-segformer-b1"), ("segformer_mit_b3", "voc-segformer-b3"),
+                             ("setr_naive_vit_l16", "voc-setr-vit-l"))]  # fmt: skip
+    return [
+        Row("segformer_mit_b0 64px B16 (digits-segformer-b0)", "digits-segformer-b0", "segformer_mit_b0", 64,
+            16, 11),
+        Row("setr_naive_vit_tiny 64px B16 (digits-setr-tiny)", "digits-setr-tiny", "setr_naive_vit_tiny", 64, 16, 11),
+        Row("segformer_mit_b1 256px B2 (voc-segformer-b1, attn_dim = d = 512)", "voc-segformer-b1", "segformer_mit_b1",
+            256, 2, 21),
+        Row("segformer_mit_b3 256px B2 (voc-segformer-b3, attn_dim = d = 512)", "voc-segformer-b3", "segformer_mit_b3",
+            256, 2, 21),
+        Row("setr_naive_vit_l16 256px B1 (voc-setr-vit-l, attn_dim = d = 1024)", "voc-setr-vit-l", "setr_naive_vit_l16",
+            256, 1, 21),
+    ]  # fmt: skip
+
+
 def gpu_rows(batch: int, attn_dims: list[str]) -> list[Row]:
     """The voc-fcn-r50 rows at each width: ``"preset"`` (the preset's 512), ``"d"`` (= 2048, the paper) or a number."""
     rows = []
@@ -138,7 +164,7 @@ class PlainStep:
     """One supervised step of the same segmentor without modulation and policy: CE + aux CE, backward, step."""
 
     def __init__(self, cfg, num_classes: int, device: torch.device) -> None:
-        from agents.trainer import build_optimizer, build_scheduler, seed_everything
+        from agents.trainer import build_optimizer, build_scheduler, seed_everything, segmentor_groups
         from segbandit.models import build_segmentor
 
         seed_everything(cfg.seed)
@@ -146,7 +172,7 @@ class PlainStep:
         self.segmentor = build_segmentor(cfg.model, num_classes, modulation="none",
                                          pretrained_backbone=cfg.pretrained_backbone, aux_loss=cfg.aux_weight > 0)
         self.segmentor.to(device).train()
-        self.optimizer = build_optimizer(cfg, [p for p in self.segmentor.parameters() if p.requires_grad])
+        self.optimizer = build_optimizer(cfg, segmentor_groups(self.segmentor, cfg))
         self.scheduler = build_scheduler(cfg, self.optimizer)
         amp = device.type == "cuda" and cfg.amp
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
@@ -156,11 +182,11 @@ class PlainStep:
         size = tuple(masks.shape[-2:])
         with self.autocast:
             feats = self.segmentor.features(images)
-            logits = self.segmentor.decode(feats["out"], None, out_size=size)  # (B, K, H, W)
-            aux = self.segmentor.decode_aux(feats["aux"], size) if self.cfg.aux_weight > 0 else None
+            logits = self.segmentor.decode(feats["out"], None, out_size=size, skips=self.segmentor.skips(feats))
+            aux = self.segmentor.decode_aux(feats["aux"], size) if self.cfg.aux_weight > 0 and "aux" in feats else None
         loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)  # Eq. 2
-        if aux is not None:
-            loss = loss + self.cfg.aux_weight * F.cross_entropy(aux.float(), masks, ignore_index=IGNORE_INDEX)
+        for head in aux_heads(aux) if aux is not None else ():
+            loss = loss + self.cfg.aux_weight * F.cross_entropy(head.float(), masks, ignore_index=IGNORE_INDEX)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
@@ -185,7 +211,8 @@ def component_fns(trainer, images: torch.Tensor, masks: torch.Tensor) -> dict[st
     seg, device = trainer.segmentor, images.device
     with torch.no_grad(), trainer.transition.autocast:
         feats = seg.features(images)
-        logits = seg.decode(feats["out"], torch.zeros_like(feats["out"]), out_size=tuple(masks.shape[-2:]))
+        logits = seg.decode(feats["out"], torch.zeros_like(feats["out"]), out_size=tuple(masks.shape[-2:]),
+                            skips=seg.skips(feats))
     z = feats["out"].detach()  # (B, d, h, w)
     g = torch.Generator(device=device).manual_seed(0)
     signal = torch.randn(z.shape, generator=g, device=device, dtype=z.dtype)
@@ -543,6 +570,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                    help="CPU rows to run, 0-based comma-separated indices: 0-1 fcn_resnet18 64/128 px (digits preset), "
                         "2 the same at attn_dim = d, 3 fcn_resnet50 512 px at attn_dim = d = 2048 (the paper), 4 the same "
                         f"at attn_dim 512 (the voc-fcn-r50 preset) (default {DEFAULT_CPU_ROWS})")
+    p.add_argument("--transformers", action="store_true",
+                   help="the Segformer / SETR rows instead (CPU: tiny ones at 64 px, MiT-B1/B3 and ViT-L at 256 px; "
+                        "CUDA: each at 512 px, batch --batch-size, bf16); implies --no-flops")
     p.add_argument("--no-flops", action="store_true", help="skip part 3 (FLOP table and the reduced-scale scan)")
     p.add_argument("--scan-side", type=int, default=32, help="part 3b: tokens per side of the measured scan")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -576,7 +606,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                                                  "minus the RSS just before the first step"),
                                "memory_steps": args.memory_steps}
     print(f"device: {results['device']}, torch threads {results['torch_threads']}; {load_note(results)}")
-    if args.preset == "voc-fcn-r50":
+    if args.transformers:
+        rows = transformer_rows(gpu, args.batch_size)
+        args.no_flops = True
+    elif args.preset == "voc-fcn-r50":
         rows = gpu_rows(args.batch_size, args.attn_dims.split(","))
     else:
         rows = cpu_rows()
@@ -596,7 +629,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         scan = attention_scan(args.scan_side, ATTN_DIMS_VOC, device, repeats=3)
         results["attention_scan"] = scan
         print_flops(ft, scan)
-    finish(results, args.out or RESULTS / "bench_step.json")
+    finish(results, args.out or RESULTS / ("bench_step_transformers.json" if args.transformers else "bench_step.json"))
     return results
 
 

@@ -447,8 +447,12 @@ class SegBanditCore(BanditCoreBase):
         if config.cache_latents and not self.owns_segmentor:
             raise ValueError("cache_latents needs a segmentor the env owns (frozen), not a shared one: pass "
                              "cache_latents=False")
+        if config.cache_latents and self.segmentor.skip_keys:
+            raise ValueError(f"cache_latents keeps z only, and this segmentor's decoder also reads the pass-through "
+                             f"features {self.segmentor.skip_keys}: pass cache_latents=False")
         self.cache = LatentCache(len(self.dataset), self.latent_shape, self.device) if config.cache_latents else None
         self._z: Union[Tensor, None] = None  # (B, d, h, w), with its graph when differentiable
+        self._skips: tuple[Tensor, ...] = ()  # the decoder's pass-through features of the current images (Segformer)
         self._reward_zero: Union[Tensor, None] = None  # (B,) r(x, s = 0) of the current images (paired_reward)
 
     @property
@@ -484,6 +488,11 @@ class SegBanditCore(BanditCoreBase):
         """The current latents z (B, d, h, w) (with their graph when ``differentiable``)."""
         return self._z
 
+    @property
+    def skips(self) -> tuple[Tensor, ...]:
+        """The pass-through features the decoder reads beside the current latents (``Segmentor.skips``; () for most)."""
+        return self._skips
+
     # ------------------------------------------------------------------ data
     def _observe(self, z: Tensor) -> Tensor:
         z = z.detach().float()  # (B, d, h, w)
@@ -491,40 +500,45 @@ class SegBanditCore(BanditCoreBase):
 
     def _load(self, images: Tensor, masks: Tensor) -> Tensor:
         """Encode a fresh batch (and its r(0) with ``paired_reward``); its observation."""
-        z = self._encode(images)  # (B, d, h, w)
+        z, self._skips = self._encode(images)  # (B, d, h, w), pass-through features
         self._z = z
-        self._reward_zero = self._zero_reward(z, masks) if self.config.paired_reward else None
+        self._reward_zero = self._zero_reward(z, masks, skips=self._skips) if self.config.paired_reward else None
         return self._observe(z)
 
     def _replace_rows(self, idx: Tensor, images: Tensor, masks: Tensor) -> Tensor:
         """Encode the fresh images (n, 3, H, W) of the rows ``idx`` (n,) into the current latents."""
-        z = self._encode(images, idx)  # (n, d, h, w)
+        z, skips = self._encode(images, idx)  # (n, d, h, w), pass-through features
         self._z = self._z.index_copy(0, idx, z)
+        self._skips = tuple(old.index_copy(0, idx, new) for old, new in zip(self._skips, skips))
         if self._reward_zero is not None:
-            self._reward_zero = self._reward_zero.index_copy(0, idx, self._zero_reward(z, masks, idx))
+            self._reward_zero = self._reward_zero.index_copy(0, idx, self._zero_reward(z, masks, idx, skips))
         return self._observe(self._z)
 
-    def _encode(self, images: Tensor, rows: Union[Tensor, None] = None) -> Tensor:
-        """z (n, d, h, w) of images (n, 3, H, W): the batch's (or its ``rows``') cached latents where there are some."""
+    def _encode(self, images: Tensor, rows: Union[Tensor, None] = None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """z (n, d, h, w) of images (n, 3, H, W) (the batch's, or its ``rows``', cached latents where there are some)
+        and the decoder's pass-through features (never cached: ``cache_latents`` refuses segmentors that have some)."""
         if self.cache is None:
             with self._grad():
-                return self.transition.encode(images)["out"]
+                feats = self.transition.encode(images)
+            return feats["out"], self.segmentor.skips(feats)
         idx = self._batch_index if rows is None else self._batch_index[rows]
         with self._grad():
             return self.cache.fetch(self.cache.z, self.cache.has_z, idx,
-                                    lambda need: self.transition.encode(images[need])["out"])
+                                    lambda need: self.transition.encode(images[need])["out"]), ()
 
     def zero_action(self, n: Union[int, None] = None) -> Tensor:
         """The zero action (n or B, *action_shape) float32 on ``device``."""
         return torch.zeros(self.num_envs if n is None else n, *self.action_shape, device=self.device)
 
-    def _zero_reward(self, z: Tensor, masks: Tensor, rows: Union[Tensor, None] = None) -> Tensor:
+    def _zero_reward(self, z: Tensor, masks: Tensor, rows: Union[Tensor, None] = None,
+                     skips: tuple[Tensor, ...] = ()) -> Tensor:
         """r(x, s = 0) (n,) for latents z (n, d, h, w): the paired reward's reference (cached with the latents)."""
 
         def score(need: Union[Tensor, slice]) -> Tensor:
             with torch.no_grad(), _eval_mode(self.segmentor):
                 zn, mn = z[need].detach(), masks[need]
-                return self.transition.score(zn, self.zero_action(zn.shape[0]), mn)["reward"]
+                sk = tuple(t[need].detach() for t in skips)
+                return self.transition.score(zn, self.zero_action(zn.shape[0]), mn, skips=sk)["reward"]
 
         if self.cache is None:
             return score(slice(None))
@@ -569,7 +583,7 @@ class SegBanditCore(BanditCoreBase):
         self._check_reset()
         a = self.check_action(action)  # (B, *action_shape)
         with self._grad():
-            out = self.transition.score(self._z, a, self._masks)  # logits (B, K, H, W), rewards (B,), Eq. 15
+            out = self.transition.score(self._z, a, self._masks, skips=self._skips)  # logits, rewards (B,), Eq. 15
         if not bool(out["finite"]):  # a finite but huge action overflows the decoder
             raise ValueError(
                 f"the action (finite, max |a| = {float(a.abs().max()):.3g}) gave non-finite logits: the decoder "

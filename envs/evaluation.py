@@ -52,9 +52,10 @@ def oracle_actions(core: SegBanditCore, steps: int = 30, lr: float = 0.1, init: 
     s = (core.zero_action() if init is None else init.detach().clone()).requires_grad_(True)
     opt = torch.optim.Adam([s], lr=lr)
     z, y, size = core.latents.detach(), core.masks, core.image_size
+    skips = tuple(t.detach() for t in core.skips)
     for _ in range(steps):  # optimisation steps on the whole batch at once
         opt.zero_grad(set_to_none=True)
-        logits = core.transition.decode(z, s, size)  # (B, K, H, W)
+        logits = core.transition.decode(z, s, size, skips)  # (B, K, H, W)
         F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX).backward()
         opt.step()
         with torch.no_grad():

@@ -41,29 +41,34 @@ class BanditTransition:
         self.autocast = autocast if autocast is not None else contextlib.nullcontext()
 
     def encode(self, images: Tensor) -> dict[str, Tensor]:
-        """Backbone features of images (B, 3, H, W): ``{"out": z (B, d, h, w)[, "aux": (B, c, h, w)]}``."""
+        """Backbone features of images (B, 3, H, W): ``{"out": z (B, d, h, w)[, "aux": (B, c, h, w)]}`` and the
+        pass-through features the decoder reads beside z (``segmentor.skips(features)``; Segformer's stages 1-3)."""
         with self.autocast:
             return self.segmentor.features(images)
 
-    def decode(self, z: Tensor, action: Tensor, out_size: tuple[int, int]) -> Tensor:
-        """Logits (B, K, *out_size) float32 for latents z (B, d, h, w) and an action (B, d, h, w) or (B, d)."""
+    def decode(self, z: Tensor, action: Tensor, out_size: tuple[int, int], skips: tuple[Tensor, ...] = ()) -> Tensor:
+        """Logits (B, K, *out_size) float32 for latents z (B, d, h, w) and an action (B, d, h, w) or (B, d).
+
+        ``skips``: the pass-through features of the same images (``segmentor.skips(features)``; () for most)."""
         signal = broadcast_action(action, (int(z.shape[-2]), int(z.shape[-1])))  # (B, d, h, w)
         with self.autocast:
-            logits = self.segmentor.decode(z, signal, out_size=out_size)  # (B, K, H, W)
+            logits = self.segmentor.decode(z, signal, out_size=out_size, skips=skips)  # (B, K, H, W)
         return logits.float()
 
-    def score(self, z: Tensor, action: Tensor, masks: Tensor, aux_features: Union[Tensor, None] = None) -> dict[str, Tensor]:
+    def score(self, z: Tensor, action: Tensor, masks: Tensor, aux_features: Union[Tensor, None] = None,
+              skips: tuple[Tensor, ...] = ()) -> dict[str, Tensor]:
         """One round: decode z (B, d, h, w) with ``action`` and reward the logits against masks (B, H, W) (Eq. 15).
 
         Returns ``logits`` (B, K, H, W) float32 (with graph when the caller's mode records one), ``reward`` (B,)
         (the weighted total), ``reward_<term>`` (B,) for each term, ``finite`` (0-d bool: every logit finite) and,
-        when ``aux_features`` is given, ``logits_aux`` (B, K, H, W) from the auxiliary head.  Rewards never carry
+        when ``aux_features`` is given, ``logits_aux`` (B, K, H, W) from the auxiliary head ((B, A, K, H, W) for A
+        heads).  ``skips``: as in :meth:`decode`.  Rewards never carry
         a graph.
         """
         if masks.dim() != 3 or masks.shape[0] != z.shape[0]:
             raise ValueError(f"expected masks of shape ({z.shape[0]}, H, W), got {tuple(masks.shape)}")
         out_size = (int(masks.shape[-2]), int(masks.shape[-1]))
-        logits = self.decode(z, action, out_size)  # (B, K, H, W)
+        logits = self.decode(z, action, out_size, skips)  # (B, K, H, W)
         out: dict[str, Tensor] = {"logits": logits, "finite": torch.isfinite(logits.detach()).all()}
         if aux_features is not None:
             with self.autocast:

@@ -23,7 +23,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 from segbandit.modulation import MODULATION_NAMES, make_modulation
 
-__all__ = ["Segmentor", "SegmentorParts", "SEGMENTORS", "build_segmentor", "fcn_head", "widen_head_input"]
+__all__ = ["Segmentor", "SegmentorParts", "SEGMENTORS", "aux_heads", "build_segmentor", "fcn_head", "widen_head_input"]
 
 
 class SegmentorParts(NamedTuple):
@@ -33,6 +33,7 @@ class SegmentorParts(NamedTuple):
     classifier: nn.Module  # (B, d, h, w) -> (B, K, h, w), before widening
     aux_classifier: Optional[nn.Module]
     latent_channels: int
+    skip_keys: tuple[str, ...] = ()  # backbone features the head reads beside z, unchanged (Segformer's stages 1-3)
 
 
 def _load_weights(weights: Optional[WeightsEnum], build: Callable[[], nn.Module]) -> nn.Module:
@@ -161,12 +162,42 @@ def _torchvision_builder(fn: Callable[..., nn.Module], backbone_weights: Weights
     return build
 
 
+def _segformer_builder(encoder: str):
+    """Registry builder of a Segformer on MiT ``encoder`` (``transformers``, the ``[transformers]`` extra)."""
+
+    def build(num_classes: int, pretrained_backbone: bool, aux_loss: bool) -> SegmentorParts:
+        from segbandit.segformer import SKIP_KEYS, segformer_parts
+
+        backbone, head, d = segformer_parts(encoder, num_classes, pretrained_backbone)
+        return SegmentorParts(backbone, head, None, d, SKIP_KEYS)  # SegFormer trains without an auxiliary head
+
+    build.__name__ = f"_segformer_{encoder}"
+    return build
+
+
+def _setr_builder(vit: str):
+    """Registry builder of SETR-Naive on ViT ``vit`` (``timm``, the ``[transformers]`` extra)."""
+
+    def build(num_classes: int, pretrained_backbone: bool, aux_loss: bool) -> SegmentorParts:
+        from segbandit.setr import setr_parts
+
+        return SegmentorParts(*setr_parts(vit, num_classes, pretrained_backbone, aux_loss))
+
+    build.__name__ = f"_setr_{vit}"
+    return build
+
+
 SEGMENTORS: dict[str, Callable[[int, bool, bool], SegmentorParts]] = {
     "fcn_resnet_tiny": _fcn_resnet_tiny,
     "fcn_resnet18": _fcn_resnet18,
     "fcn_resnet50": _torchvision_builder(tv_seg.fcn_resnet50, ResNet50_Weights.IMAGENET1K_V1),
     "fcn_resnet101": _torchvision_builder(tv_seg.fcn_resnet101, ResNet101_Weights.IMAGENET1K_V1),
     "deeplabv3_resnet50": _torchvision_builder(tv_seg.deeplabv3_resnet50, ResNet50_Weights.IMAGENET1K_V1),
+    "segformer_mit_b1": _segformer_builder("mit_b1"),
+    "segformer_mit_b3": _segformer_builder("mit_b3"),
+    "segformer_mit_b0": _segformer_builder("mit_b0"),  # CPU-sized: the transformer path of the tests
+    "setr_naive_vit_l16": _setr_builder("vit_large_patch16"),
+    "setr_naive_vit_tiny": _setr_builder("vit_tiny_patch8"),  # CPU-sized
 }
 
 
@@ -190,8 +221,13 @@ def _widened(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 def widen_head_input(head: nn.Module, in_channels: int, new_in_channels: int) -> None:
     """Replace, in place, the convs of ``head``'s first stage reading ``in_channels`` by ones reading ``new_in_channels``.
 
-    FCNHead: its first conv. DeepLabHead: every ASPP branch conv (the 1x1, the atrous 3x3s, the pooling 1x1).
+    FCNHead (and SETR's naive head): its first conv. DeepLabHead: every ASPP branch conv (the 1x1, the atrous 3x3s,
+    the pooling 1x1).  A head with a ``widen_input(in_channels, new_in_channels)`` method (Segformer's stage-4
+    projection) widens itself.
     """
+    if hasattr(head, "widen_input"):
+        head.widen_input(in_channels, new_in_channels)
+        return
     if not isinstance(head, nn.Sequential) or len(head) == 0:
         raise TypeError(f"cannot widen the input of head {type(head).__name__}: expected an FCNHead or a DeepLabHead")
     if isinstance(head[0], ASPP):
@@ -209,6 +245,11 @@ def widen_head_input(head: nn.Module, in_channels: int, new_in_channels: int) ->
         raise ValueError(f"no conv reading {in_channels} channels in the first stage of {type(head).__name__}")
     for parent, name in targets:
         setattr(parent, name, _widened(getattr(parent, name), new_in_channels))
+
+
+def aux_heads(logits_aux: Tensor) -> tuple[Tensor, ...]:
+    """Each auxiliary head's logits (B, K, H, W) from ``decode_aux``'s (B, K, H, W) or (B, A, K, H, W) (SETR)."""
+    return logits_aux.unbind(1) if logits_aux.dim() == 5 else (logits_aux,)
 
 
 class Segmentor(nn.Module):
@@ -229,11 +270,13 @@ class Segmentor(nn.Module):
         aux_classifier: Optional[nn.Module] = None,
         modulation: str = "attention",
         alpha_init: float = 1.0,
+        skip_keys: tuple[str, ...] = (),
         **modulation_kw,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.latent_channels = latent_channels
+        self.skip_keys = tuple(skip_keys)  # features the head reads beside z (() for FCN / DeepLab / SETR)
         self.modulation_name = modulation
         self.backbone = backbone
         self.modulation = make_modulation(modulation, latent_channels, **modulation_kw)
@@ -277,27 +320,51 @@ class Segmentor(nn.Module):
         m = self.modulation(z, s)  # (B, d, h, w)
         return torch.cat([z, (self.alpha * m).to(z.dtype)], dim=1)  # (B, 2d, h, w)
 
-    def decode(self, z: Tensor, s: Optional[Tensor] = None, out_size: Optional[tuple[int, int]] = None) -> Tensor:
-        """Logits (B, K, H, W) at ``out_size`` ((h, w) when None) from z (B, d, h, w) and signal s (B, d, h, w)."""
-        logits = self.classifier(self.decoder_input(z, s))  # (B, K, h, w)
+    def skips(self, feats: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """The pass-through features of a :meth:`features` dict that :meth:`decode` needs beside z (() for most)."""
+        return tuple(feats[k] for k in self.skip_keys)
+
+    def decode(
+        self,
+        z: Tensor,
+        s: Optional[Tensor] = None,
+        out_size: Optional[tuple[int, int]] = None,
+        skips: tuple[Tensor, ...] = (),
+    ) -> Tensor:
+        """Logits (B, K, H, W) at ``out_size`` ((h, w) when None) from z (B, d, h, w) and signal s (B, d, h, w).
+
+        ``skips``: the pass-through features :meth:`skips` takes from :meth:`features` (Segformer's stages 1-3; the
+        logits are then at their stride-4 size before ``out_size``); empty for every other segmentor.
+        """
+        if len(skips) != len(self.skip_keys):
+            raise ValueError(
+                f"this segmentor's decoder reads {len(self.skip_keys)} pass-through features {self.skip_keys} beside z, "
+                f"got {len(skips)}: decode(z, s, skips=segmentor.skips(segmentor.features(x)))"
+            )
+        logits = self.classifier(self.decoder_input(z, s), *skips)  # (B, K, h', w')
         if out_size is not None:
             logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
         return logits
 
     def decode_aux(self, aux_feat: Tensor, out_size: Optional[tuple[int, int]] = None) -> Tensor:
-        """Aux-head logits (B, K, H, W) at ``out_size`` from the aux feature (B, c_aux, h, w)."""
+        """Aux-head logits (B, K, H, W) at ``out_size`` from the aux feature (B, c_aux, h, w).
+
+        Several aux heads (SETR: A = 3) read aux features (B, A, c, h, w) and give logits (B, A, K, H, W).
+        """
         if self.aux_classifier is None:
             raise ValueError("this segmentor has no aux head (built with aux_loss=False)")
-        logits = self.aux_classifier(aux_feat)  # (B, K, h, w)
+        logits = self.aux_classifier(aux_feat)  # (B, K, h, w) or (B, A, K, h, w)
         if out_size is not None:
-            logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
+            lead = logits.shape[:-3]
+            logits = F.interpolate(logits.flatten(0, -4), size=tuple(out_size), mode="bilinear", align_corners=False)
+            logits = logits.reshape(*lead, *logits.shape[-3:])
         return logits
 
     def forward(self, x: Tensor, s: Optional[Tensor] = None) -> dict[str, Tensor]:
         """torchvision-style {"out": (B, K, H, W), "aux": (B, K, H, W) if aux head}; s=None is a zero signal."""
         feats = self.features(x)
         size = (x.shape[-2], x.shape[-1])
-        result = {"out": self.decode(feats["out"], s, size)}
+        result = {"out": self.decode(feats["out"], s, size, self.skips(feats))}
         if self.aux_classifier is not None:
             result["aux"] = self.decode_aux(feats["aux"], size)
         return result
@@ -338,5 +405,6 @@ def build_segmentor(
         aux_classifier=parts.aux_classifier,
         modulation=modulation,
         alpha_init=alpha_init,
+        skip_keys=parts.skip_keys,
         **kw,
     )

@@ -381,9 +381,9 @@ def test_digit_scenes_with_digits_preset_collate_into_a_batch():
 
 
 def test_make_dataset_unknown_name_lists_valid_names():
-    assert set(DATASETS) == {"digits", "voc"}
-    with pytest.raises(ValueError, match="digits, voc"):
-        make_dataset("cityscapes", "train")
+    assert set(DATASETS) == {"digits", "voc", "cityscapes", "ade20k"}
+    with pytest.raises(ValueError, match="ade20k, cityscapes, digits, voc"):
+        make_dataset("coco", "train")
 
 
 def test_make_dataset_voc_without_root_raises_data_error():

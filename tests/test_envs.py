@@ -537,3 +537,45 @@ def test_sb3_ppo_learns_on_the_adapter_without_error(segmentor):
     action, _ = model.predict(venv.reset(), deterministic=True)
     assert action.shape == (4, 512) and np.all(np.abs(action) <= 1.0)
     venv.close()
+
+
+# ----------------------------------------------------------------------------- a Segformer behind the env
+@pytest.fixture(scope="module")
+def segformer():
+    torch.manual_seed(0)
+    return build_segmentor("segformer_mit_b0", K, attn_dim=32, num_heads=4).eval()
+
+
+def test_a_segformer_env_scores_with_the_pass_through_stages_of_the_very_images_it_observes(segformer):
+    env = SegBanditVectorEnv(num_envs=3, model=segformer, image_size=SIZE, dataset_kwargs=TINY, paired_reward=True)
+    obs, _ = env.reset(seed=0)
+    core = env.core
+    assert tuple(obs.shape) == (3, 256, 1, 1) and len(core.skips) == 3
+    with torch.no_grad():
+        feats = segformer.features(core.images)
+        expected = segformer.decode(feats["out"], torch.zeros_like(feats["out"]), core.image_size, segformer.skips(feats))
+    out = core.score(core.zero_action())
+    torch.testing.assert_close(out["logits"], expected.float())
+    torch.testing.assert_close(out["reward_zero"], core.reward_fn(expected.float(), core.masks)["total"])
+    torch.testing.assert_close(out["reward"], torch.zeros(3))  # the paired reward: the gain of s = 0 over s = 0
+    env.close()
+
+
+def test_a_partial_reset_of_a_segformer_env_replaces_the_pass_through_stages_of_those_rows_only(segformer):
+    env = SegBanditVectorEnv(num_envs=3, model=segformer, image_size=SIZE, dataset_kwargs=TINY)
+    env.reset(seed=0)
+    core = env.core
+    before = [t.clone() for t in core.skips]
+    core.reset_rows(torch.tensor([False, True, False]))
+    with torch.no_grad():
+        fresh = segformer.skips(segformer.features(core.images))
+    for old, new, want in zip(before, core.skips, fresh):
+        torch.testing.assert_close(new[[0, 2]], old[[0, 2]])
+        torch.testing.assert_close(new[1], want[1])
+    env.close()
+
+
+def test_latent_caching_refuses_a_segmentor_whose_decoder_reads_pass_through_stages():
+    with pytest.raises(ValueError, match="pass-through features"):
+        SegBanditVectorEnv(num_envs=1, segmentor="random", model="segformer_mit_b0", image_size=SIZE,
+                           dataset_kwargs=TINY, cache_latents=True, model_kwargs={"attn_dim": 32, "num_heads": 4})

@@ -367,10 +367,14 @@ def test_config_from_args_applies_the_preset_then_explicit_flags(tmp_path):
     assert cfg.reward_weights == (1.0, 0.0, 1.0, 2.0)
     voc = config_from_args({"data_root": "/data"})
     assert voc.preset == "voc-fcn-r50" and voc.dataset == "voc"
+    city = config_from_args({"data_root": "/data", "dataset": "cityscapes"})
+    assert city.preset == "cityscapes-fcn-r50" and city.batch_size == 8
+    ade = config_from_args({"data_root": "/data", "preset": "ade20k-segformer-b1"})
+    assert ade.dataset == "ade20k" and ade.model == "segformer_mit_b1"
     save_config(cfg, tmp_path / "config.json")
     assert json.loads((tmp_path / "config.json").read_text())["lr"] == 0.5
     assert load_config(tmp_path / "config.json") == cfg
-    with pytest.raises(ValueError, match="valid names: digits, digits-fcn-r18, voc-fcn-r50"):
+    with pytest.raises(ValueError, match="valid names: ade20k-fcn-r50, .*, digits, digits-fcn-r18, .*, voc-fcn-r50"):
         make_config("nope")
     with pytest.raises(ValueError, match="valid names: joint, sft_then_rl, rl_only"):
         make_config("digits", schedule="sometimes")

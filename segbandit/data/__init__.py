@@ -1,4 +1,4 @@
-"""Datasets (PASCAL VOC 2012, embedded digit scenes) and joint image/mask transforms.
+"""Datasets (PASCAL VOC 2012, Cityscapes, ADE20K, embedded digit scenes) and joint image/mask transforms.
 
 Every dataset returns ``(image, mask)``; through the preset transforms image float32 ``(3, H, W)`` normalised and
 mask int64 ``(H, W)`` with 255 = void, so ``torch.utils.data.default_collate`` batches them.
@@ -7,10 +7,12 @@ mask int64 ``(H, W)`` with 255 = void, so ``torch.utils.data.default_collate`` b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
+from segbandit.data.ade20k import ADE20K_CLASSES, ADE20KSegmentation, find_ade20k
+from segbandit.data.cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation, find_cityscapes
 from segbandit.data.digits import DIGIT_CLASSES, DigitScenes
 from segbandit.data.transforms import (
     IGNORE_INDEX,
@@ -18,6 +20,7 @@ from segbandit.data.transforms import (
     IMAGENET_STD,
     RandomRescale,
     SegmentationTransform,
+    cityscapes_preset,
     digits_preset,
     eval_transforms,
     train_transforms,
@@ -26,7 +29,7 @@ from segbandit.data.transforms import (
 from segbandit.data.voc import VOC_CLASSES, VOCSegmentation, find_voc2012
 from segbandit.errors import DataError
 
-_TRAIN_SPLITS = ("train", "trainaug")
+_TRAIN_SPLITS = ("train", "trainaug")  # "train" of every dataset, VOC's SBD-augmented one
 _DEFAULT = object()
 
 
@@ -40,27 +43,40 @@ def _make_digits(
     return DigitScenes(split, seed=seed, size=size, transforms=transforms, **kw)
 
 
-def _make_voc(
-    split: str,
-    *,
-    root: str | Path | None,
-    seed: int,
-    image_size: int | None,
-    train: bool,
-    transforms: Any,
-    eval_size: int | tuple[int, int] | None = None,
-    **kw: Any,
-) -> VOCSegmentation:
-    find_voc2012(root)  # a missing root raises the DataError describing the expected layout, before any work
-    crop = 512 if image_size is None else int(image_size)
-    if transforms is _DEFAULT:
-        # fixed square eval by default so that eval batches collate; pass eval_size=crop for the short-side protocol
-        train_tf, eval_tf = voc_aug_preset(crop, eval_size=(crop, crop) if eval_size is None else eval_size)
-        transforms = train_tf if train else eval_tf
-    return VOCSegmentation(root, split, transforms=transforms, **kw)
+def _square(crop: int) -> tuple[int, int]:
+    return (crop, crop)
 
 
-DATASETS = {"digits": _make_digits, "voc": _make_voc}
+def _files_builder(cls: type, find: Callable[[Any], Path], preset: Callable[..., Any],
+                   eval_shape: Callable[[int], tuple[int, int]]) -> Callable[..., Dataset]:
+    """The ``make_dataset`` builder of an on-disk dataset: check the root, pick the preset transforms, build ``cls``.
+
+    ``image_size`` is the crop (its short side for Cityscapes; default 512); eval resizes to the fixed
+    ``eval_shape(crop)`` so that eval batches collate, unless ``eval_size=`` is given (e.g. ``crop`` for VOC's
+    short-side protocol, ``(1024, 2048)`` for mmsegmentation's Cityscapes test size).
+    """
+
+    def make(split: str, *, root: str | Path | None, seed: int, image_size: int | None, train: bool,
+             transforms: Any, eval_size: int | tuple[int, int] | None = None, **kw: Any) -> Dataset:
+        find(root)  # a missing root raises the DataError describing the expected layout, before any work
+        crop = 512 if image_size is None else int(image_size)
+        if transforms is _DEFAULT:
+            train_tf, eval_tf = preset(crop, eval_size=eval_shape(crop) if eval_size is None else eval_size)
+            transforms = train_tf if train else eval_tf
+        return cls(root, split, transforms=transforms, **kw)
+
+    make.__name__ = f"_make_{cls.__name__}"
+    return make
+
+
+DATASETS = {
+    "digits": _make_digits,
+    "voc": _files_builder(VOCSegmentation, find_voc2012, voc_aug_preset, _square),
+    # crops (crop, 2 crop) of the 1024 x 2048 images; eval at a fixed (crop, 2 crop)
+    "cityscapes": _files_builder(CityscapesSegmentation, find_cityscapes, cityscapes_preset, lambda c: (c, 2 * c)),
+    # mmseg's ADE20K pipeline is its VOC-aug one (base (512, 2048), ratio 0.5-2, crop 512, flip, photometric)
+    "ade20k": _files_builder(ADE20KSegmentation, find_ade20k, voc_aug_preset, _square),
+}
 
 
 def make_dataset(
@@ -77,8 +93,10 @@ def make_dataset(
     """Build dataset ``name`` (``DATASETS``) with its preset transforms.
 
     ``train`` None picks train transforms for the train/trainaug splits and eval transforms otherwise.
-    ``image_size``: digits scene size (default 64; also the crop), VOC crop size (default 512; eval resize to
-    ``(image_size, image_size)`` unless ``eval_size=`` is given). ``transforms=`` overrides the preset (None = raw).
+    ``image_size``: digits scene size (default 64; also the crop); VOC and ADE20K crop size (default 512; eval
+    resize to ``(image_size, image_size)``); Cityscapes crop short side (default 512: crop and eval resize
+    ``(image_size, 2 * image_size)``). VOC, Cityscapes and ADE20K take ``eval_size=`` (an int: short side, keep
+    ratio, batch 1; ``(h, w)``: fixed). ``transforms=`` overrides the preset (None = raw).
     Other keywords go to the dataset class (e.g. ``num_samples`` for digits).
     """
     if name not in DATASETS:
@@ -88,6 +106,10 @@ def make_dataset(
 
 
 __all__ = [
+    "ADE20KSegmentation",
+    "ADE20K_CLASSES",
+    "CITYSCAPES_CLASSES",
+    "CityscapesSegmentation",
     "DATASETS",
     "DIGIT_CLASSES",
     "DataError",
@@ -99,8 +121,11 @@ __all__ = [
     "SegmentationTransform",
     "VOCSegmentation",
     "VOC_CLASSES",
+    "cityscapes_preset",
     "digits_preset",
     "eval_transforms",
+    "find_ade20k",
+    "find_cityscapes",
     "find_voc2012",
     "make_dataset",
     "train_transforms",

@@ -208,6 +208,25 @@ def voc_aug_preset(
     return train_tf, eval_tf
 
 
+def cityscapes_preset(
+    crop_size: int = 512, *, eval_size: int | tuple[int, int] | None = None
+) -> tuple[SegmentationTransform, SegmentationTransform]:
+    """The mmsegmentation Cityscapes recipe -> ``(train_tf, eval_tf)``; ``crop_size`` is the crop's short side.
+
+    Train: rescale 0.5-2 of base ``(2·crop, 4·crop)`` = (1024, 2048) at the default (mmseg's scale (2048, 1024),
+    keep ratio), crop ``(crop, 2·crop)`` = 512 x 1024, flip, photometric distortion, ImageNet normalisation. Eval:
+    short side to ``2·crop`` with the long side capped at ``4·crop`` (mmseg's whole-image (2048, 1024) test resize:
+    the release's 1024 x 2048 images at the default), or ``eval_size`` when given (``(h, w)`` for a fixed size).
+    """
+    crop = int(crop_size)
+    train_tf = train_transforms((crop, 2 * crop), scale_range=(0.5, 2.0), base_size=(2 * crop, 4 * crop))
+    if eval_size is None:
+        eval_tf = eval_transforms(2 * crop, max_size=4 * crop)
+    else:
+        eval_tf = eval_transforms(eval_size)
+    return train_tf, eval_tf
+
+
 def digits_preset(size: int = 64) -> tuple[SegmentationTransform, SegmentationTransform]:
     """Light augmentation for digit scenes -> ``(train_tf, eval_tf)``.
 

@@ -7,17 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
-import torch
-from torchvision import tv_tensors
 
+from segbandit.data.files import VOID, SegmentationFiles, root_folder
 from segbandit.errors import DataError
 
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
-VOID = 255
 SPLITS: tuple[str, ...] = ("train", "val", "trainval", "trainaug")
 _AUG_LISTS: tuple[str, ...] = ("trainaug.txt", "train_aug.txt", "aug.txt")
 
@@ -28,17 +25,9 @@ _LAYOUT_HINT = (
 )
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
-
-
 def find_voc2012(root: str | Path | None) -> Path:
     """Resolve ``root`` (the folder containing ``VOCdevkit``, ``VOCdevkit`` itself, or ``VOC2012``) to VOC2012."""
-    if root is None or str(root) == "":
-        raise DataError(f"<no data root>: no PASCAL VOC root given; {_LAYOUT_HINT}")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root}: PASCAL VOC root does not exist or is not a folder; {_LAYOUT_HINT}")
+    root = root_folder(root, "PASCAL VOC", _LAYOUT_HINT)
     for cand in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
         if (cand / "JPEGImages").is_dir() and (cand / "ImageSets" / "Segmentation").is_dir():
             return cand
@@ -70,7 +59,7 @@ def _parse_list(list_file: Path, voc: Path, label_dir: str) -> tuple[list[str], 
     return ids, images, masks
 
 
-class VOCSegmentation(torch.utils.data.Dataset):
+class VOCSegmentation(SegmentationFiles):
     """PASCAL VOC 2012 segmentation; ``__getitem__(i) -> (image, mask)``.
 
     Without ``transforms``: image tv_tensors.Image uint8 ``(3, H, W)``, mask tv_tensors.Mask int64 ``(H, W)`` of
@@ -80,9 +69,12 @@ class VOCSegmentation(torch.utils.data.Dataset):
     ``ImageSets/Segmentation/{trainaug,train_aug,aug}.txt``. Files are checked lazily, when a sample is read.
     """
 
+    name: str = "VOC"
+    splits: tuple[str, ...] = SPLITS
+    find_root = staticmethod(find_voc2012)
     num_classes: int = len(VOC_CLASSES)
     class_names: tuple[str, ...] = VOC_CLASSES
-    ignore_index: int = VOID
+    mask_format: str = "a palette ('P') or index ('L') PNG"
 
     def __init__(
         self,
@@ -90,11 +82,7 @@ class VOCSegmentation(torch.utils.data.Dataset):
         split: str = "train",
         transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown VOC split {split!r}; valid splits: {', '.join(SPLITS)}")
-        self.root = find_voc2012(root)
-        self.split = split
-        self.transforms = transforms
+        super().__init__(root, split, transforms)
         seg_dir = self.root / "ImageSets" / "Segmentation"
         if split == "trainaug":
             label_dir = "SegmentationClassAug"
@@ -115,56 +103,12 @@ class VOCSegmentation(torch.utils.data.Dataset):
         self.list_file = list_file
         self.ids, self.images, self.masks = _parse_list(list_file, self.root, label_dir)
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def _read_image(self, path: Path) -> np.ndarray:
-        try:
-            with PIL.Image.open(path) as im:
-                return np.array(im.convert("RGB"))  # (H, W, 3) uint8, writable
-        except FileNotFoundError:
-            raise DataError(f"{path}: image file not found") from None
-        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... on corrupt files
-            raise DataError(f"{path}: cannot read image ({_one_line(exc)})") from exc
-
-    def _read_mask(self, path: Path) -> np.ndarray:
-        try:
-            with PIL.Image.open(path) as im:
-                im.load()
-                mode = im.mode
-                arr = np.array(im)  # palette indices for mode "P", values for "L"
-        except FileNotFoundError:
-            raise DataError(f"{path}: mask file not found") from None
-        except Exception as exc:
-            raise DataError(f"{path}: cannot read mask ({_one_line(exc)})") from exc
-        if arr.ndim != 2:
-            raise DataError(f"{path}: mask has mode {mode!r} shape {arr.shape}; expected a palette ('P') or index ('L') PNG")
-        return arr
-
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} samples")
-        img_path, mask_path = self.images[index], self.masks[index]
-        image = self._read_image(img_path)  # (H, W, 3)
-        mask = self._read_mask(mask_path)  # (H, W)
-        if image.shape[:2] != mask.shape:
-            raise DataError(
-                f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from image {img_path} "
-                f"size {image.shape[1]}x{image.shape[0]}"
-            )
-        bad = (mask >= self.num_classes) & (mask != VOID)
+    def labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Palette / index values (H, W) -> int64, refusing values that are neither a class nor 255."""
+        bad = (raw >= self.num_classes) & (raw != VOID)
         if bad.any():
-            values = np.unique(mask[bad]).tolist()
+            values = np.unique(raw[bad]).tolist()
             raise DataError(
-                f"{mask_path}: label value {values[0]} is neither < {self.num_classes} nor {VOID} "
-                f"(bad values {values[:8]})"
+                f"{path}: label value {values[0]} is neither < {self.num_classes} nor {VOID} (bad values {values[:8]})"
             )
-        img_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))  # (3, H, W) uint8
-        mask_t = tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64)))  # (H, W) int64
-        if self.transforms is not None:
-            return self.transforms(img_t, mask_t)
-        return img_t, mask_t
-
-    def __repr__(self) -> str:
-        return f"VOCSegmentation(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
+        return raw.astype(np.int64)
