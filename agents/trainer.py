@@ -497,6 +497,7 @@ class CoTrainer:
             feats = self.transition.encode(images)
         z = feats["out"]  # (B, d, h, w)
         skips = self.segmentor.skips(feats)  # pass-through features the decoder reads beside z (Segformer; else ())
+        fixed_skips = tuple(t.detach() for t in skips)  # for the extra decodes without graph
         b = z.shape[0]
         obs = z.detach().float()  # the policy never sends gradient into the encoder
         own_noise = generator is None
@@ -514,7 +515,7 @@ class CoTrainer:
             with torch.no_grad():
                 rest = self.transition.score(z.detach().repeat(k - 1, 1, 1, 1), action[b:].detach(),
                                              masks.repeat(k - 1, 1, 1),
-                                             skips=tuple(t.detach().repeat(k - 1, 1, 1, 1) for t in skips))  # fmt: skip
+                                             skips=tuple(t.repeat(k - 1, 1, 1, 1) for t in fixed_skips))  # fmt: skip
             finite = finite & rest["finite"]
             step.update(observation=obs.repeat(k, 1, 1, 1), loc=mu.repeat(k, 1), scale=scale.repeat(k, 1),
                         reward=torch.cat([out["reward"], rest["reward"]]))  # fmt: skip
@@ -522,7 +523,7 @@ class CoTrainer:
             with torch.no_grad():
                 mean_action = mu.detach() if action.dim() == 2 else mu.detach()[:, :, None, None].expand_as(action[:b])
                 step["reward_greedy"] = self.transition.score(
-                    z.detach(), mean_action, masks, skips=tuple(t.detach() for t in skips))["reward"]  # r(x, s = mu)
+                    z.detach(), mean_action, masks, skips=fixed_skips)["reward"]  # r(x, s = mu)
         return step, finite
 
     def add_per_image_baseline(self, step: dict[str, torch.Tensor], num_images: int) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -105,15 +103,8 @@ class ADE20KSegmentation(SegmentationFiles):
     layout_hint: str = _LAYOUT_HINT
     mask_word: str = "annotation"
 
-    def __init__(
-        self,
-        root: str | Path | None,
-        split: str = "train",
-        transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None,
-    ) -> None:
-        super().__init__(root, split, transforms)
-        self.list_file = self.root / "images" / _SPLIT_DIRS[split]
-        self.ids, self.images, self.masks = _list_split(self.root, split)
+    def list_split(self) -> tuple[Path, list[str], list[Path], list[Path]]:
+        return (self.root / "images" / _SPLIT_DIRS[self.split], *_list_split(self.root, self.split))
 
     def labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
         """(H, W) int64 class indices 0..149 / 255 from annotation values 0..150 (mmseg's ``reduce_zero_label``)."""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -126,15 +124,8 @@ class CityscapesSegmentation(SegmentationFiles):
     layout_hint: str = _LAYOUT_HINT
     mask_format: str = "a single-channel ('L') PNG of labelIds or labelTrainIds (not the *_gtFine_color.png)"
 
-    def __init__(
-        self,
-        root: str | Path | None,
-        split: str = "train",
-        transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None,
-    ) -> None:
-        super().__init__(root, split, transforms)
-        self.list_file = self.root / "leftImg8bit" / split
-        self.ids, self.images, self.masks = _list_split(self.root, split)
+    def list_split(self) -> tuple[Path, list[str], list[Path], list[Path]]:
+        return (self.root / "leftImg8bit" / self.split, *_list_split(self.root, self.split))
 
     def labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
         """(H, W) int64 train ids from a labelTrainIds (as is) or labelIds (the official table) PNG."""

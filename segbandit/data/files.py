@@ -2,7 +2,7 @@
 
 :class:`SegmentationFiles` is the base of :class:`~segbandit.data.voc.VOCSegmentation`,
 :class:`~segbandit.data.cityscapes.CityscapesSegmentation` and :class:`~segbandit.data.ade20k.ADE20KSegmentation`:
-a subclass lists its split (``ids``, ``images``, ``masks``) and says how raw label values become class indices
+a subclass lists its split (:meth:`SegmentationFiles.list_split`) and says how raw label values become class indices
 (:meth:`SegmentationFiles.labels`); reading, the checks and their one-line errors are written here once.
 """
 
@@ -76,16 +76,18 @@ class SegmentationFiles(torch.utils.data.Dataset):
     splits: tuple[str, ...]
     find_root: Callable[[str | Path | None], Path]  # a staticmethod: the user's root -> the dataset folder
 
-    def __init__(self, root: str | Path | None, split: str,
+    def __init__(self, root: str | Path | None, split: str = "train",
                  transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None) -> None:
         if split not in self.splits:
             raise ValueError(f"unknown {self.name} split {split!r}; valid splits: {', '.join(self.splits)}")
         self.root = self.find_root(root)
         self.split = split
         self.transforms = transforms
-        self.ids: list[str] = []
-        self.images: list[Path] = []
-        self.masks: list[Path] = []
+        self.list_file, self.ids, self.images, self.masks = self.list_split()
+
+    def list_split(self) -> tuple[Path, list[str], list[Path], list[Path]]:
+        """(where the paths were listed, ids, image paths, label paths) of ``self.split`` under ``self.root``."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -76,15 +74,9 @@ class VOCSegmentation(SegmentationFiles):
     class_names: tuple[str, ...] = VOC_CLASSES
     mask_format: str = "a palette ('P') or index ('L') PNG"
 
-    def __init__(
-        self,
-        root: str | Path | None,
-        split: str = "train",
-        transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None,
-    ) -> None:
-        super().__init__(root, split, transforms)
+    def list_split(self) -> tuple[Path, list[str], list[Path], list[Path]]:
         seg_dir = self.root / "ImageSets" / "Segmentation"
-        if split == "trainaug":
+        if self.split == "trainaug":
             label_dir = "SegmentationClassAug"
             found = [seg_dir / n for n in _AUG_LISTS if (seg_dir / n).is_file()]
             if not found:
@@ -95,13 +87,12 @@ class VOCSegmentation(SegmentationFiles):
             list_file = found[0]
         else:
             label_dir = "SegmentationClass"
-            list_file = seg_dir / f"{split}.txt"
+            list_file = seg_dir / f"{self.split}.txt"
             if not list_file.is_file():
-                raise DataError(f"{list_file}: split file for {split!r} not found; {_LAYOUT_HINT}")
+                raise DataError(f"{list_file}: split file for {self.split!r} not found; {_LAYOUT_HINT}")
         if not (self.root / label_dir).is_dir():
             raise DataError(f"{self.root / label_dir}: label folder not found; {_LAYOUT_HINT}")
-        self.list_file = list_file
-        self.ids, self.images, self.masks = _parse_list(list_file, self.root, label_dir)
+        return (list_file, *_parse_list(list_file, self.root, label_dir))
 
     def labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
         """Palette / index values (H, W) -> int64, refusing values that are neither a class nor 255."""
