@@ -155,4 +155,35 @@ def build_parser(prog: str = "train_voc_bandit.py", description: str | None = No
     return parser
 
 
-__all__ = ["DEFAULT_DESCRIPTION", "EPILOG", "FIELD_PARSERS", "build_parser", "flag_name"]
+EXIT_DATA_ERROR = 2  # bad flags or data (argparse's own code for bad flags)
+EXIT_NONFINITE = 3  # too many non-finite steps in a row
+EXIT_WRITE_ERROR = 4  # a file could not be written (a full disk)
+
+
+def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
+    """Run a script's ``main(argv)``; user errors end as one ``error: ...`` line on stderr and an exit code."""
+    import errno
+    import sys
+
+    from agents.atomic import WriteError
+    from agents.datasets import one_line
+    from agents.trainer import NonFiniteError
+    from segbandit.errors import DataError
+
+    try:
+        main(argv)
+    except (DataError, NonFiniteError, WriteError) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+        if isinstance(err, DataError):
+            return EXIT_DATA_ERROR
+        return EXIT_NONFINITE if isinstance(err, NonFiniteError) else EXIT_WRITE_ERROR
+    except OSError as err:  # a full disk outside a checkpoint (a CSV row, a figure): the file it could not write
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {err.filename or 'the output folder'}: {err.strerror}", file=sys.stderr, flush=True)
+        return EXIT_WRITE_ERROR
+    return 0
+
+
+__all__ = ["DEFAULT_DESCRIPTION", "EPILOG", "EXIT_DATA_ERROR", "EXIT_NONFINITE", "EXIT_WRITE_ERROR", "FIELD_PARSERS",
+           "build_parser", "flag_name", "run_cli"]

@@ -22,13 +22,15 @@ from agents.losses import RATIO_CLIPS
 from segbandit.policy import ACTION_MODES, REDUCTIONS
 
 SCHEDULES: tuple[str, ...] = ("joint", "sft_then_rl", "rl_only")  # Table 1
-DATASET_NAMES: tuple[str, ...] = ("digits", "voc", "cityscapes", "ade20k")
+# what a run trains on (segbandit.data.DATASETS also holds the evaluation-only night sets, for --eval-domains)
+DATASET_NAMES: tuple[str, ...] = ("digits", "voc", "cityscapes", "ade20k", "lip", "cihp")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 LOGPROB_REDUCTIONS: tuple[str, ...] = REDUCTIONS  # segbandit.policy's, under the name the flags use
 MIN_CROP_SIZE = 16  # DigitScenes' smallest scene; a stride-8 segmentor then still has a 2 x 2 latent
 
 # The argument groups of the main job's --help, in display order (agents.cli builds one group per name).
-GROUPS: tuple[str, ...] = ("run", "data", "model", "RL objective", "reward-only segmentation", "optimisation")
+GROUPS: tuple[str, ...] = ("run", "data", "model", "RL objective", "reward-only segmentation", "optimisation",
+                          "continual")
 # What trains the segmentor: the latent-space RL of Eq. 6 (CE + latent policy), or reward-only segmentation (RSS, the
 # second seed): the segmentor itself is a pixel policy trained from rewards alone (segbandit.rss, docs/rss.md).
 OBJECTIVES: tuple[str, ...] = ("latent_rl", "rss")
@@ -102,6 +104,12 @@ def _image_reward_names() -> list[str]:
     return sorted(IMAGE_REWARDS)
 
 
+def _continual_method_names() -> list[str]:
+    from agents.continual import METHODS
+
+    return list(METHODS)
+
+
 def _baseline_names() -> list[str]:
     from segbandit.baselines import BASELINES, PER_IMAGE_BASELINES
 
@@ -141,7 +149,8 @@ class TrainConfig:
                                   none_words=("none",))
 
     # -- data
-    dataset: str = _knob("voc", "digits (embedded, no download), or voc, cityscapes, ade20k (need --data-root)",
+    dataset: str = _knob("voc", "digits (embedded, no download), or voc, cityscapes, ade20k, lip, cihp (need "
+                                 "--data-root)",
                          group="data", choices=DATASET_NAMES)
     data_root: str | None = _knob(None, "the dataset's root: the folder containing VOCdevkit (or VOC2012), the "
                                         "Cityscapes folder (leftImg8bit, gtFine), or ADEChallengeData2016 (or its "
@@ -149,6 +158,9 @@ class TrainConfig:
     train_split: str = _knob("trainaug", "training split; VOC: trainaug (default), train, trainval; Cityscapes / "
                                          "ADE20K: train", group="data")
     val_split: str = _knob("val", "evaluation split (VOC: val)", group="data")
+    eval_domains: str = _knob("", "after training, evaluate on each of these comma-separated target domains, "
+                                  "name[=root] (digits_night, digits_texture; dark_zurich=/data/dz, "
+                                  "nighttime_driving=..., cihp=...); writes domains.md", group="data")
     crop_size: int = _knob(512, "train crop; digits: the scene size; Cityscapes: crop_size x 2 crop_size",
                            group="data")
     batch_size: int = _knob(16, "global batch; under torchrun each of N processes reads batch-size / N images",
@@ -281,6 +293,23 @@ class TrainConfig:
     max_nonfinite: int = _knob(20, "consecutive skipped (non-finite) steps before giving up (exit code 3)",
                                group="optimisation")
 
+    # -- class-incremental steps (examples/train_continual.py; PLOP's protocol and factors, agents.continual)
+    task: str | None = _knob(None, "class-incremental task (segbandit.continual.TASKS): digits 6-4, 6-2, 6-1; VOC "
+                                   "15-5, 15-1, 10-1, 19-1; ADE20K 100-50, 100-10, 100-5, 50-50", group="continual")
+    continual_method: str = _knob("plop+rl", "finetune, plop, plop+rl (PLOP with Eq. 6), finetune+rl",
+                                  group="continual", choices=_continual_method_names, aliases=("--method",))
+    overlap: bool = _knob(True, "PLOP's overlap setting (images may show future classes, as background); "
+                                "--no-overlap: disjoint", group="continual")
+    step_iters: int | None = _knob(None, "iterations of each step after the first; 'none' = max_iters / 3 (PLOP: 30 "
+                                         "then 10 epochs)", group="continual", none_words=("none",))
+    step_lr_mult: float = _knob(0.1, "lr of the steps after the first, times --lr (PLOP: 0.01 then 0.001)",
+                                group="continual")
+    pod_factor: float = _knob(0.01, "Local POD weight on the backbone stages and the latent (PLOP)", group="continual")
+    pod_logits_factor: float = _knob(0.0005, "Local POD weight on the logits (PLOP)", group="continual")
+    pod_scales: tuple[int, ...] = _knob((1, 2, 4), "Local POD window grids (PLOP: 1, 2, 4)", group="continual")
+    pseudo_threshold: float = _knob(0.001, "floor of the per-class median entropy thresholds of PLOP's pseudo-labels",
+                                    group="continual")
+
     def __post_init__(self) -> None:
         self.reward_weights = tuple(float(w) for w in self.reward_weights)  # type: ignore[assignment]
         if self.class_weights is not None:
@@ -314,6 +343,11 @@ class TrainConfig:
         if self.a_min > self.a_max:
             raise ValueError(f"expected a_min <= a_max, got a_min={self.a_min}, a_max={self.a_max}")
         self.psr_scales = tuple(int(f) for f in self.psr_scales)  # type: ignore[assignment]
+        self.pod_scales = tuple(int(f) for f in self.pod_scales)  # type: ignore[assignment]
+        if not self.pod_scales or min(self.pod_scales) < 1:
+            raise ValueError(f"pod_scales must be positive ints, got {self.pod_scales}")
+        if self.step_iters is not None and int(self.step_iters) < 1:
+            raise ValueError(f"step_iters must be >= 1, got {self.step_iters}")
         if self.psr_milestones is not None:
             self.psr_milestones = tuple(int(m) for m in self.psr_milestones)  # type: ignore[assignment]
         if self.objective not in OBJECTIVES:

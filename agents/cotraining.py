@@ -78,33 +78,44 @@ class CoTrainingLoss(nn.Module):
         """lambda_KL of Eq. 6 (the objective's TorchRL loss applies it)."""
         return self.objective.lambda_kl
 
-    def cross_entropy(self, logits: Tensor, masks: Tensor) -> Tensor:
-        """L_CE (Eq. 2): mean over the labelled pixels (class-weighted when configured) of the global batch; 0-d."""
+    def cross_entropy(self, logits: Tensor, masks: Tensor, image_weight: Tensor | None = None) -> Tensor:
+        """L_CE (Eq. 2): mean over the labelled pixels (class-weighted when configured) of the global batch; 0-d.
+
+        ``image_weight`` (B,) scales each image's pixel losses (PLOP's adaptive factor) without changing the
+        denominator, as PLOP's ``classif_adaptive_factor * loss`` does.
+        """
         weight = self.class_weight
-        if not self.dist_info.enabled:
+        if not self.dist_info.enabled and image_weight is None:
             return F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=IGNORE_INDEX)
         valid = masks != IGNORE_INDEX  # (B, H, W)
         count = (weight[masks.clamp_max(self.num_classes - 1)] * valid).sum() if weight is not None else valid.sum()
-        total = all_reduce_sum(count.float().reshape(1), self.dist_info)
+        total = all_reduce_sum(count.float().reshape(1), self.dist_info) if self.dist_info.enabled else count.float()
         denom = (total / self.dist_info.world_size).clamp_min(1e-6).reshape(())
-        return F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum") / denom
+        pixels = F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=IGNORE_INDEX, reduction="none")
+        if image_weight is not None:
+            pixels = pixels * image_weight.float()[:, None, None]  # (B, H, W)
+        return pixels.sum() / denom
 
-    def forward(self, step: Mapping[str, Any], *, ce: bool = True, rl: bool = True) -> dict[str, Tensor]:
+    def forward(self, step: Mapping[str, Any], *, ce: bool = True, rl: bool = True,
+                extra: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """The weighted terms of Eq. 6 for one step; ``ce`` / ``rl`` switch the supervised and the policy halves.
 
         Returns ``loss`` (their sum, with graph), ``loss_ce``, ``loss_aux``, ``loss_policy``, ``loss_kl``,
         ``loss_critic``, ``loss_entropy`` (0-d; zero for a half that is off) and the objective's detached diagnostics
-        :data:`OBJECTIVE_DIAGNOSTICS` (NaN when ``rl`` is off).
+        :data:`OBJECTIVE_DIAGNOSTICS` (NaN when ``rl`` is off).  ``step["ce_weight"]`` (B,), when present, weights
+        each image's CE; ``extra``: further weighted ``loss_*`` terms (a continual method's distillation) added to the
+        sum and returned beside the others.
         """
         device = step["logits"].device
         zero = torch.zeros((), device=device)
         out: dict[str, Tensor] = {k: zero for k in LOSS_KEYS}
         out.update({k: torch.full((), math.nan, device=device) for k in OBJECTIVE_DIAGNOSTICS})
         if ce:
-            out["loss_ce"] = self.cross_entropy(step["logits"], step["mask"])  # Eq. 2
+            w = step.get("ce_weight")
+            out["loss_ce"] = self.cross_entropy(step["logits"], step["mask"], w)  # Eq. 2
             aux = step.get("logits_aux")
             if aux is not None and self.aux_weight > 0:  # (B, K, H, W), or (B, A, K, H, W): each of A heads weighted
-                out["loss_aux"] = self.aux_weight * sum(self.cross_entropy(a, step["mask"]) for a in aux_heads(aux))
+                out["loss_aux"] = self.aux_weight * sum(self.cross_entropy(a, step["mask"], w) for a in aux_heads(aux))
         if rl:
             loc, scale = step["loc"], step["scale"]  # (B, d) each, with graph
             pol = self.objective(
@@ -119,7 +130,10 @@ class CoTrainingLoss(nn.Module):
         loss = out["loss_ce"] + out["loss_aux"]
         for k in POLICY_TERMS:
             loss = loss + out[k]
-        out["loss"] = loss  # Eq. 6
+        for k, v in (extra or {}).items():
+            out[k] = v
+            loss = loss + v
+        out["loss"] = loss  # Eq. 6 (+ the extra terms)
         return out
 
 

@@ -18,12 +18,15 @@ from segbandit.errors import DataError
 _TRAIN_SPLIT_ALIASES: dict[str, dict[str, str]] = {
     "cityscapes": {"trainaug": "train"},
     "ade20k": {"trainaug": "train"},
+    "lip": {"trainaug": "train"},
+    "cihp": {"trainaug": "train"},
 }
 
 
-def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, tuple[str, ...]]:
+def build_datasets(cfg: TrainConfig, **dataset_kw: Any) -> tuple[Dataset, Dataset, int, tuple[str, ...]]:
     """(train, val, num_classes, class_names) for ``cfg``: DigitScenes, VOC (trainaug/val), Cityscapes or ADE20K
-    (train/val; the default train split ``trainaug`` means ``train`` for them)."""
+    (train/val; the default train split ``trainaug`` means ``train`` for them).  ``dataset_kw`` go to both
+    datasets' classes (e.g. ``reduce_zero_label=False`` for ADE20K's class-incremental layout)."""
     if cfg.dataset == "digits":
         train_kw = {"num_samples": cfg.train_size} if cfg.train_size else {}
         val_kw = {"num_samples": cfg.val_size} if cfg.val_size else {}
@@ -35,12 +38,60 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, tuple[str, 
     else:
         train_split = _TRAIN_SPLIT_ALIASES.get(cfg.dataset, {}).get(cfg.train_split, cfg.train_split)
         train = make_dataset(cfg.dataset, train_split, root=cfg.data_root, image_size=cfg.crop_size,
-                             train=cfg.augment)
-        val = make_dataset(cfg.dataset, cfg.val_split, root=cfg.data_root, image_size=cfg.crop_size, train=False)
+                             train=cfg.augment, **dataset_kw)
+        val = make_dataset(cfg.dataset, cfg.val_split, root=cfg.data_root, image_size=cfg.crop_size, train=False,
+                           **dataset_kw)
         names = tuple(train.class_names)
         if cfg.val_size:
             val = Subset(val, range(min(cfg.val_size, len(val))))
     return train, val, len(names), names
+
+
+# --eval-domains: a target domain's (dataset, split, dataset keywords).  A name not listed evaluates that DATASETS
+# entry's val split.  The digit domains are the val scenes (seed 0, as the run's own val set) in another style.
+EVAL_DOMAINS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "digits": ("digits", "val", {}),
+    "digits_night": ("digits", "val", {"style": "night"}),
+    "digits_texture": ("digits", "val", {"style": "texture"}),
+    "dark_zurich": ("dark_zurich", "val", {}),
+    "nighttime_driving": ("nighttime_driving", "test", {}),
+}
+
+
+def parse_domains(text: str) -> list[tuple[str, str | None]]:
+    """``"digits_night,dark_zurich=/data/dz"`` -> ``[("digits_night", None), ("dark_zurich", "/data/dz")]``."""
+    out: list[tuple[str, str | None]] = []
+    for item in (t.strip() for t in text.split(",")):
+        if item:
+            name, _, root = item.partition("=")
+            out.append((name.strip(), root.strip() or None))
+    return out
+
+
+def make_domain(name: str, root: str | None, cfg: TrainConfig) -> tuple[str, Dataset]:
+    """(split, eval dataset) of target domain ``name`` (:data:`EVAL_DOMAINS`, or any ``DATASETS`` name's val split)."""
+    from segbandit.data import DATASETS
+
+    dataset, split, kw = EVAL_DOMAINS.get(name, (name, "val", {}))
+    if dataset not in DATASETS:
+        valid = sorted(set(EVAL_DOMAINS) | set(DATASETS))
+        raise ValueError(f"unknown evaluation domain {name!r}; valid names: {', '.join(valid)}")
+    if dataset == "digits":
+        val_kw = {"num_samples": cfg.val_size} if cfg.val_size else {}
+        return split, make_dataset("digits", split, seed=0, image_size=cfg.crop_size, cache=True, **val_kw, **kw)
+    return split, make_dataset(dataset, split, root=root, image_size=cfg.crop_size, train=False, **kw)
+
+
+def build_domains(cfg: TrainConfig, num_classes: int) -> list[tuple[str, str, Dataset]]:
+    """The (name, split, dataset) of each ``cfg.eval_domains`` entry; a domain with other classes is a ValueError."""
+    domains = []
+    for name, root in parse_domains(cfg.eval_domains):
+        split, ds = make_domain(name, root, cfg)
+        k = int(getattr(ds, "num_classes", num_classes))
+        if k != num_classes:
+            raise ValueError(f"evaluation domain {name} has {k} classes, the run's model {num_classes}")
+        domains.append((name, split, ds))
+    return domains
 
 
 def shard(n: int, info: DistInfo) -> range:

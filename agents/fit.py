@@ -35,10 +35,11 @@ from agents.checkpoint import (
     save_checkpoint,
 )
 from agents.config import TrainConfig, from_dict, resume_config, save_config
-from agents.datasets import build_datasets, build_loaders, one_line, validate_data
+from agents.datasets import build_datasets, build_domains, build_loaders, one_line, shard, validate_data
 from agents.distributed import assert_ranks_in_sync
 from agents.reporting import (
     CSVLogger,
+    format_domains,
     format_final_table,
     log_scalars,
     make_tensorboard,
@@ -179,6 +180,24 @@ def _peak_rss_mb() -> float:
 # ----------------------------------------------------------------------------- the run
 
 
+def evaluate_domains(trainer: CoTrainer, cfg: TrainConfig, domains: list[tuple[str, str, Any]],
+                     source: Mapping[str, Any], info: DistInfo = SINGLE) -> list[dict[str, Any]]:
+    """One row per domain (the run's own val set first, as ``source``): ``domain``, ``split``, ``num_images``,
+    ``miou``, ``pixel_acc``, ``mean_dice``, ``per_class_iou`` (s = mu; a collective under DDP)."""
+    keys = ("miou", "pixel_acc", "mean_dice", "per_class_iou", "num_images")
+    rows = [{"domain": f"{cfg.dataset} (source)", "split": cfg.val_split, **{k: source.get(k) for k in keys}}]
+    for name, split, ds in domains:
+        part = ds if not info.enabled else torch.utils.data.Subset(ds, list(shard(len(ds), info)))
+        loader = torch.utils.data.DataLoader(part, batch_size=max(1, (cfg.eval_batch_size or cfg.batch_size)
+                                                                  // info.world_size), shuffle=False)  # fmt: skip
+        try:
+            res = trainer.evaluate(loader, deterministic=True)
+        except DataError as err:
+            raise DataError(one_line(err)) from None
+        rows.append({"domain": name, "split": split, **{k: res[k] for k in keys}})
+    return rows
+
+
 def fit(
     cfg: TrainConfig,
     *,
@@ -189,6 +208,8 @@ def fit(
     save_checkpoints: bool = True,
     stop_on_nonfinite: bool = False,
     log: Callable[[str], None] = print,
+    data: tuple[Any, Any, int, tuple[str, ...]] | None = None,
+    setup: Callable[[CoTrainer, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` to ``max_iters`` (or resume it), evaluate, write the run folder; returns the final metrics.
 
@@ -204,6 +225,9 @@ def fit(
         stop_on_nonfinite: too many non-finite steps in a row end the training (``result["failed"]`` holds the
             reason) and the model is evaluated as it stands, instead of raising :class:`NonFiniteError`.
         log: where the notices and the final table go (rank 0).
+        data: (train, val, num_classes, class_names) to train on instead of ``cfg``'s datasets (a continual step).
+        setup: called with the trainer and the train set once built, before the first step (a continual step grows
+            the previous step's model into it and attaches its distillation).
 
     Returns ``miou``, ``pixel_acc``, ``mean_dice``, ``reward_total``, ``per_class_iou`` ({class: IoU}),
     ``iterations``, ``skipped_iterations``, ``wall_time_s``, ``data_time_s``, ``step_time_s``, ``peak_rss_mb``,
@@ -227,7 +251,11 @@ def fit(
     _install_log_handler()
 
     # data first: bad data stops here, before anything in --out is written or overwritten
-    train_ds, val_ds, num_classes, class_names = build_datasets(cfg)
+    train_ds, val_ds, num_classes, class_names = data if data is not None else build_datasets(cfg)
+    try:
+        domains = build_domains(cfg, num_classes)  # --eval-domains: checked now, evaluated after training
+    except ValueError as err:
+        raise ConfigError(f"--eval-domains: {err}") from None
     start = int(state["iteration"]) if state is not None else 0
     train_loader, val_loader, sampler = build_loaders(cfg, train_ds, val_ds, start, device, info)
     validate_data(cfg, train_ds, val_ds, sampler.batch(start), full=cfg.check_data)
@@ -239,6 +267,8 @@ def fit(
             trainer.warm_start(cfg.init_from)
         except (ValueError, OSError) as err:
             raise ConfigError(f"--init-from {cfg.init_from}: {one_line(err)}") from None
+    if state is None and setup is not None:
+        setup(trainer, train_ds)
     if state is not None:
         trainer.load_state_dict(state)
         if "data" in state:
@@ -349,6 +379,7 @@ def fit(
     else:
         final = run_eval(trainer.iteration)
     sampled = trainer.evaluate(val_loader, deterministic=False) if cfg.eval_stochastic else None
+    domain_rows = evaluate_domains(trainer, cfg, domains, final, info) if domains else None
     diagnostics = dict(on_end(trainer, val_loader)) if on_end is not None else None
     digest = assert_ranks_in_sync([trainer.segmentor, trainer.policy, trainer.objective], info) if info.enabled else None
     wall = time.time() - t_start
@@ -369,6 +400,10 @@ def fit(
                        f"{cfg.batch_size}, sync-bn {trainer.sync_bn}, ranks in sync (state sha256 {digest[:16]})\n")
         (out / "final.md").write_text(table + footer)
         log(table + footer)
+        if domain_rows is not None:
+            text = format_domains(domain_rows, title=f"{cfg.preset}: {cfg.model}, {what}, {trainer.iteration} iterations")
+            (out / "domains.md").write_text(text)
+            log(text)
     if tb is not None:
         tb.close()
     result: dict[str, Any] = {
@@ -394,6 +429,8 @@ def fit(
         result["miou_sampled"] = sampled["miou"]
     if diagnostics is not None:
         result["diagnostics"] = diagnostics
+    if domain_rows is not None:
+        result["domains"] = domain_rows
     return result
 
 

@@ -213,6 +213,22 @@ def save_curves(
 # ----------------------------------------------------------------------------- final table
 
 
+def format_domains(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
+    """Markdown: one row per evaluation domain (source first) with its mIoU and the drop from the source's."""
+    def pct(v: Any) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100.0 * float(v):.2f}"
+
+    src = rows[0]["miou"] if rows else None
+    lines = [f"# Domain shift: {title}" if title else "# Domain shift", "",
+             "| domain | split | images | mIoU (%) | vs source (points) | pixel accuracy (%) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        drop = "" if src is None or r is rows[0] else f"{100.0 * (float(r['miou']) - float(src)):+.2f}"
+        lines.append(f"| {r['domain']} | {r['split']} | {r.get('num_images', '')} | {pct(r['miou'])} | {drop} | "
+                     f"{pct(r.get('pixel_acc'))} |")
+    return "\n".join(lines) + "\n"
+
+
 def format_final_table(
     metrics: Mapping[str, Any], class_names: Sequence[str], sampled: Mapping[str, Any] | None = None, title: str = ""
 ) -> str:
@@ -247,6 +263,7 @@ def format_final_table(
 
 
 __all__ = [
+    "format_domains",
     "truncate_csv",
     "CSVLogger",
     "colorize",

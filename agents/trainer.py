@@ -314,6 +314,8 @@ class CoTrainer:
             # the label maps' noise: each rank draws its own (its images differ), from the checkpointed generator
             self.generator.manual_seed(int(cfg.seed) + 1 + 100_003 * self.dist.rank)
         self._epoch_batch: dict[str, torch.Tensor] | None = None  # the batch later PPO epochs re-read
+        # a continual step's distillation (agents.continual): relabels each batch and adds loss terms; None = none
+        self.distiller: Any = None
         self.iteration = 0  # completed (attempted) iterations
         self.nonfinite_streak = 0
         self.skipped_iterations: list[int] = []
@@ -540,10 +542,18 @@ class CoTrainer:
         self.segmentor.train(use_ce)  # CE off: the segmentor is the frozen environment (eval mode, no gradient)
         self.policy.train()
         per_image = self.cfg.baseline in PER_IMAGE_BASELINES and use_rl
-        step, finite = self.rollout(
-            images, masks, deterministic=phase == "sft", segmentor_grad=use_ce, aux=use_ce and self._use_aux,
-            samples=self.cfg.action_samples if use_rl else 1, greedy=per_image and self.cfg.baseline == "greedy",
-        )  # the SFT phase feeds s = mu (see the module docstring)
+        distill = self.distiller if use_ce else None  # a continual step's old model (agents.continual.PLOPDistiller)
+        ce_weight, tap = None, contextlib.nullcontext()
+        if distill is not None:
+            masks, ce_weight = distill.targets(images, masks)  # pseudo-labels and per-image CE factor (old model)
+            tap = distill.capture(self.segmentor)  # the new model's maps, recorded during the rollout
+        with tap:
+            step, finite = self.rollout(
+                images, masks, deterministic=phase == "sft", segmentor_grad=use_ce, aux=use_ce and self._use_aux,
+                samples=self.cfg.action_samples if use_rl else 1, greedy=per_image and self.cfg.baseline == "greedy",
+            )  # the SFT phase feeds s = mu (see the module docstring)
+        if ce_weight is not None:
+            step["ce_weight"] = ce_weight
         stats: dict[str, Any] = {"phase": phase}
         r_stats = {f"reward_{k}": step[f"reward_{k}" if k != "total" else "reward"].mean() for k in REWARD_TERMS}
         rewards = step["reward"].detach().reshape(-1, images.shape[0])  # (K, B)
@@ -565,7 +575,8 @@ class CoTrainer:
             return None, {**stats, "reason": reason, **_floats({**nan, **r_stats})}
         if reason is not None:
             stats["reason"] = reason
-        terms = self.loss(step, ce=use_ce, rl=use_rl)  # Eq. 6: weighted loss_* terms and their sum
+        extra = distill.loss() if distill is not None else None  # e.g. PLOP's loss_pod
+        terms = self.loss(step, ce=use_ce, rl=use_rl, extra=extra)  # Eq. 6: weighted loss_* terms and their sum
         if use_rl and self.cfg.ppo_epochs > 1:  # what the later PPO epochs over this batch read (no graph)
             self._epoch_batch = {k: step[k].detach() for k in ("observation", "action", "reward", "loc", "scale")}
             self._epoch_batch["advantage"] = self.objective.last_advantage

@@ -7,6 +7,7 @@ load average is recorded before and after, so a reader can tell a quiet run from
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -23,6 +24,8 @@ if str(ROOT) not in sys.path:  # the benchmarks run as scripts
 
 from agents.atomic import atomic_write  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
+# a benchmark's --smoke run on the digit scenes: 32 px, 64 scenes, batch 4 (a check that it runs, not a result)
+SMOKE: dict[str, Any] = dict(crop_size=32, train_size=64, val_size=16, batch_size=4, policy_hidden=16, attn_dim=32)
 
 
 def sync(device: torch.device) -> None:
@@ -85,3 +88,28 @@ def load_note(results: dict[str, Any]) -> str:
     if start is None:
         return "load average: unavailable"
     return f"load average (1/5/15 min) at start {start[0]:.2f}/{start[1]:.2f}/{start[2]:.2f} on {os.cpu_count()} cores"
+
+
+def paired_t(mean: float | None, std: float | None, n: int) -> float | None:
+    """The paired t statistic mean / (std / sqrt(n)) of per-seed deltas (None when undefined)."""
+    if mean is None or std is None or n < 2 or not math.isfinite(mean) or not math.isfinite(std):
+        return None
+    if std == 0.0:
+        return math.inf if mean != 0 else 0.0
+    return mean / (std / math.sqrt(n))
+
+
+def load_cache(path: str | os.PathLike, budget: str) -> dict[str, Any]:
+    """A resumable benchmark's cache ``{"_budget": budget, "runs": {...}}`` at ``path`` (empty when absent); a cache of
+    another budget is a SystemExit naming it, so runs of two budgets never mix."""
+    path = Path(path)
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    if cache.get("_budget", budget) != budget:
+        raise SystemExit(f"{path} holds runs of another budget ({cache['_budget']}); pass another --cache")
+    cache["_budget"] = budget
+    cache.setdefault("runs", {})
+    return cache
+
+
+def save_cache(path: str | os.PathLike, cache: dict[str, Any]) -> None:
+    atomic_write(path, lambda fh: fh.write(json.dumps(cache, indent=1, default=float)), binary=False)

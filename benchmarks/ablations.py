@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from agents.atomic import atomic_write  # noqa: E402
+from benchmarks._common import paired_t  # noqa: E402
 from agents.config import PRESETS, TrainConfig, make_config, to_dict  # noqa: E402
 from agents.datasets import build_datasets  # noqa: E402
 from agents.diagnostics import policy_diagnostics  # noqa: E402
@@ -559,15 +560,6 @@ def _fmt(x: float | None, nd: int = 1, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
     return f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"
-
-
-def paired_t(mean: float | None, std: float | None, n: int) -> float | None:
-    """The paired t statistic mean / (std / sqrt(n)) of per-seed deltas (None when undefined)."""
-    if mean is None or std is None or n < 2 or not math.isfinite(mean) or not math.isfinite(std):
-        return None
-    if std == 0.0:
-        return math.inf if mean != 0 else 0.0
-    return mean / (std / math.sqrt(n))
 
 
 def _t_text(r: dict[str, Any], key: str = "delta_t") -> str:

@@ -20,7 +20,6 @@ could not be written).  See docs/reliability.md.
 """
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from pathlib import Path
@@ -31,18 +30,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch
 
-from agents.atomic import WriteError
-from agents.cli import build_parser
+from agents.cli import EXIT_DATA_ERROR, EXIT_NONFINITE, EXIT_WRITE_ERROR, build_parser, run_cli  # noqa: F401 (exit codes)
 from agents.config import config_from_args
-from agents.datasets import one_line
 from agents.distributed import dist_info_from_env, init_process_group
 from agents.fit import ConfigError, check_device, fit
-from agents.trainer import NonFiniteError
-from segbandit.errors import DataError
 
-EXIT_DATA_ERROR = 2
-EXIT_NONFINITE = 3
-EXIT_WRITE_ERROR = 4
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -83,23 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def cli(argv: list[str] | None = None) -> int:
     """The command line: :func:`main`, with user errors as ``error: ...`` on stderr (no traceback) and an exit code."""
-    try:
-        main(argv)
-    except DataError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
-        return EXIT_DATA_ERROR
-    except NonFiniteError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
-        return EXIT_NONFINITE
-    except WriteError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
-        return EXIT_WRITE_ERROR
-    except OSError as err:  # a full disk outside a checkpoint (a CSV row, a figure): the file it could not write
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        print(f"error: {err.filename or 'the output folder'}: {err.strerror}", file=sys.stderr, flush=True)
-        return EXIT_WRITE_ERROR
-    return 0
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

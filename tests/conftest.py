@@ -37,6 +37,16 @@ def toy_batch(b: int = 2, size: int = 32, seed: int = 0, num_classes: int = 11) 
     return x, y
 
 
+def load_example(name: str, module: str | None = None):
+    """``examples/<name>.py`` imported as a module (``module``: its name in sys.modules terms; default ``name``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(module or name, os.path.join(ROOT, "examples", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def free_port() -> int:
     """A free TCP port on localhost for a spawned gloo process group."""
     with socket.socket() as s:

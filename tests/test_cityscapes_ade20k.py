@@ -266,6 +266,10 @@ def _ade_annotation(seed: int) -> np.ndarray:
 
 @pytest.fixture
 def ade_root(tmp_path: Path) -> Path:
+    return write_ade_tree(tmp_path)
+
+
+def write_ade_tree(tmp_path: Path) -> Path:
     """<tmp>/ADEChallengeData2016 with 3 images (40x24 JPEGs) + annotations per split."""
     ade = tmp_path / "ADEChallengeData2016"
     rng = np.random.default_rng(1)
@@ -400,10 +404,11 @@ def test_ade20k_corrupt_jpeg_names_it_and_the_layout(ade_root):
 # ------------------------------------------------------------------------------------- make_dataset, presets, config
 
 
-def test_registry_and_config_know_all_four_datasets():
-    assert set(DATASETS) == {"digits", "voc", "cityscapes", "ade20k"}
-    assert set(DATASET_NAMES) == set(DATASETS)
-    with pytest.raises(ValueError, match="ade20k, cityscapes, digits, voc"):
+def test_registry_and_config_know_every_trainable_dataset():
+    # the night sets are evaluation-only (--eval-domains); every dataset with a train split is a --dataset
+    assert set(DATASETS) - set(DATASET_NAMES) == {"dark_zurich", "nighttime_driving"}
+    assert set(DATASET_NAMES) <= set(DATASETS)
+    with pytest.raises(ValueError, match=", ".join(sorted(DATASETS))):
         make_dataset("coco", "train")
 
 
@@ -503,3 +508,12 @@ def test_the_main_job_trains_a_tiny_setr_with_the_ade20k_recipe_on_an_ade20k_tre
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["dataset"] == "ade20k" and saved["backbone_lr_mult"] == 0.1
     assert 0.0 <= result["miou"] <= 1.0 and len(result["per_class_iou"]) == 150
+
+
+def test_ade20k_without_reduce_zero_label_keeps_background_for_plops_tasks(ade_root):
+    ds = ADE20KSegmentation(ade_root, "val", reduce_zero_label=False)
+    raw = np.array(PIL.Image.open(ds.masks[0]))
+    assert ds.num_classes == 151 and ds.class_names[0] == "background"
+    assert np.array_equal(ds[0][1].numpy(), raw.astype(np.int64))  # 0 stays background, k stays k
+    assert np.array_equal(ds.raw_mask(0), raw.astype(np.int64))
+    assert ADE20KSegmentation(ade_root, "val").num_classes == 150  # mmseg's layout is the default

@@ -381,8 +381,8 @@ def test_digit_scenes_with_digits_preset_collate_into_a_batch():
 
 
 def test_make_dataset_unknown_name_lists_valid_names():
-    assert set(DATASETS) == {"digits", "voc", "cityscapes", "ade20k"}
-    with pytest.raises(ValueError, match="ade20k, cityscapes, digits, voc"):
+    assert {"digits", "voc", "cityscapes", "ade20k"} <= set(DATASETS)
+    with pytest.raises(ValueError, match=", ".join(sorted(DATASETS))):
         make_dataset("coco", "train")
 
 

@@ -1,6 +1,5 @@
 """The main job examples/train_voc_bandit.py, run in-process with tiny settings (32 px, batch 2, 2 iterations)."""
 import csv
-import importlib.util
 import json
 import math
 import shutil
@@ -13,11 +12,9 @@ from agents.checkpoint import checkpoint_name, list_checkpoints, load_checkpoint
 from agents.config import config_from_args
 from agents.datasets import build_datasets
 from agents.losses import LOSSES
+from conftest import load_example
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("train_voc_bandit", ROOT / "examples" / "train_voc_bandit.py")
-job = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(job)
+job = load_example("train_voc_bandit")
 
 TINY = [
     "--crop-size", "32", "--batch-size", "2", "--max-iters", "2", "--train-size", "8", "--val-size", "4",

@@ -1,4 +1,5 @@
-"""Datasets (PASCAL VOC 2012, Cityscapes, ADE20K, embedded digit scenes) and joint image/mask transforms.
+"""Datasets (PASCAL VOC 2012, Cityscapes, ADE20K, embedded digit scenes; cross-domain: Dark Zurich and Nighttime
+Driving night-time driving, LIP and CIHP human parsing) and joint image/mask transforms.
 
 Every dataset returns ``(image, mask)``; through the preset transforms image float32 ``(3, H, W)`` normalised and
 mask int64 ``(H, W)`` with 255 = void, so ``torch.utils.data.default_collate`` batches them.
@@ -13,16 +14,29 @@ from torch.utils.data import Dataset
 
 from segbandit.data.ade20k import ADE20K_CLASSES, ADE20KSegmentation, find_ade20k
 from segbandit.data.cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation, find_cityscapes
+from segbandit.data.dark_zurich import DarkZurichSegmentation, find_dark_zurich
 from segbandit.data.digits import DIGIT_CLASSES, DigitScenes
+from segbandit.data.human_parsing import (
+    FLIP_LUT,
+    FLIP_PAIRS,
+    HUMAN_PARSING_CLASSES,
+    CIHPSegmentation,
+    LIPSegmentation,
+    find_cihp,
+    find_lip,
+)
+from segbandit.data.nighttime_driving import NighttimeDrivingSegmentation, find_nighttime_driving
 from segbandit.data.transforms import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    RandomHorizontalFlipSwap,
     RandomRescale,
     SegmentationTransform,
     cityscapes_preset,
     digits_preset,
     eval_transforms,
+    human_parsing_preset,
     train_transforms,
     voc_aug_preset,
 )
@@ -76,6 +90,15 @@ DATASETS = {
     "cityscapes": _files_builder(CityscapesSegmentation, find_cityscapes, cityscapes_preset, lambda c: (c, 2 * c)),
     # mmseg's ADE20K pipeline is its VOC-aug one (base (512, 2048), ratio 0.5-2, crop 512, flip, photometric)
     "ade20k": _files_builder(ADE20KSegmentation, find_ade20k, voc_aug_preset, _square),
+    # evaluation-only night-time sets (val / test split only) for Cityscapes-trained models: the Cityscapes preset,
+    # eval at the fixed (crop, 2 crop) of Cityscapes (the releases' 1080 x 1920 frames are 16:9; eval_size= overrides)
+    "dark_zurich": _files_builder(DarkZurichSegmentation, find_dark_zurich, cityscapes_preset, lambda c: (c, 2 * c)),
+    "nighttime_driving": _files_builder(
+        NighttimeDrivingSegmentation, find_nighttime_driving, cityscapes_preset, lambda c: (c, 2 * c)
+    ),
+    # human parsing: square crops, flips that swap left/right parts (FLIP_PAIRS), square eval
+    "lip": _files_builder(LIPSegmentation, find_lip, human_parsing_preset, _square),
+    "cihp": _files_builder(CIHPSegmentation, find_cihp, human_parsing_preset, _square),
 }
 
 
@@ -93,10 +116,10 @@ def make_dataset(
     """Build dataset ``name`` (``DATASETS``) with its preset transforms.
 
     ``train`` None picks train transforms for the train/trainaug splits and eval transforms otherwise.
-    ``image_size``: digits scene size (default 64; also the crop); VOC and ADE20K crop size (default 512; eval
-    resize to ``(image_size, image_size)``); Cityscapes crop short side (default 512: crop and eval resize
-    ``(image_size, 2 * image_size)``). VOC, Cityscapes and ADE20K take ``eval_size=`` (an int: short side, keep
-    ratio, batch 1; ``(h, w)``: fixed). ``transforms=`` overrides the preset (None = raw).
+    ``image_size``: digits scene size (default 64; also the crop); VOC, ADE20K, LIP and CIHP crop size (default 512;
+    eval resize to ``(image_size, image_size)``); Cityscapes, Dark Zurich and Nighttime Driving crop short side
+    (default 512: crop and eval resize ``(image_size, 2 * image_size)``). The on-disk datasets take ``eval_size=``
+    (an int: short side, keep ratio, batch 1; ``(h, w)``: fixed). ``transforms=`` overrides the preset (None = raw).
     Other keywords go to the dataset class (e.g. ``num_samples`` for digits).
     """
     if name not in DATASETS:
@@ -108,15 +131,23 @@ def make_dataset(
 __all__ = [
     "ADE20KSegmentation",
     "ADE20K_CLASSES",
+    "CIHPSegmentation",
     "CITYSCAPES_CLASSES",
     "CityscapesSegmentation",
     "DATASETS",
     "DIGIT_CLASSES",
+    "DarkZurichSegmentation",
     "DataError",
     "DigitScenes",
+    "FLIP_LUT",
+    "FLIP_PAIRS",
+    "HUMAN_PARSING_CLASSES",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LIPSegmentation",
+    "NighttimeDrivingSegmentation",
+    "RandomHorizontalFlipSwap",
     "RandomRescale",
     "SegmentationTransform",
     "VOCSegmentation",
@@ -125,8 +156,13 @@ __all__ = [
     "digits_preset",
     "eval_transforms",
     "find_ade20k",
+    "find_cihp",
     "find_cityscapes",
+    "find_dark_zurich",
+    "find_lip",
+    "find_nighttime_driving",
     "find_voc2012",
+    "human_parsing_preset",
     "make_dataset",
     "train_transforms",
     "voc_aug_preset",

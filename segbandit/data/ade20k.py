@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from segbandit.data.files import VOID, SegmentationFiles, root_folder, check_values
+from segbandit.data.files import VOID, SegmentationFiles, check_values, root_folder, valid_values
 from segbandit.errors import DataError
 
 # mmsegmentation ADE20KDataset.METAINFO["classes"], in that order (mmseg spells class 7 'bed ' with a trailing space)
@@ -43,9 +44,7 @@ def _reduce_zero_lut() -> np.ndarray:
 REDUCE_ZERO_LABEL: np.ndarray = _reduce_zero_lut()
 """(256,) int64 lookup table, mmseg's ``reduce_zero_label``: 0 -> 255, k -> k - 1 (k = 1..150), 255 -> 255."""
 
-_VALID = np.zeros(256, dtype=bool)
-_VALID[: len(ADE20K_CLASSES) + 1] = True  # 0..150
-_VALID[VOID] = True
+_VALID = valid_values(len(ADE20K_CLASSES) + 1)  # 0..150
 
 _LAYOUT_HINT = (
     "expected ADEChallengeData2016/images/{training,validation}/<id>.jpg and "
@@ -103,10 +102,20 @@ class ADE20KSegmentation(SegmentationFiles):
     layout_hint: str = _LAYOUT_HINT
     mask_word: str = "annotation"
 
+    def __init__(self, root: str | Path | None, split: str = "train", transforms: Any = None,
+                 reduce_zero_label: bool = True) -> None:
+        super().__init__(root, split, transforms)
+        self.reduce_zero_label = bool(reduce_zero_label)
+        if not self.reduce_zero_label:  # PLOP's class-incremental ADE20K: 0 = background, classes 1..150
+            self.num_classes = len(ADE20K_CLASSES) + 1
+            self.class_names = ("background", *ADE20K_CLASSES)
+
     def list_split(self) -> tuple[Path, list[str], list[Path], list[Path]]:
         return (self.root / "images" / _SPLIT_DIRS[self.split], *_list_split(self.root, self.split))
 
     def labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        """(H, W) int64 class indices 0..149 / 255 from annotation values 0..150 (mmseg's ``reduce_zero_label``)."""
+        """(H, W) int64 class indices 0..149 / 255 from annotation values 0..150 (mmseg's ``reduce_zero_label``);
+        with ``reduce_zero_label=False`` the values themselves, 0 = background (PLOP's continual protocol)."""
         expected = f"an ADE20K annotation value (0 = unlabelled, 1..{len(ADE20K_CLASSES)} = classes, or {VOID})"
-        return REDUCE_ZERO_LABEL[check_values(raw, _VALID, path, expected, self._hint)]  # one vectorised lookup
+        ids = check_values(raw, _VALID, path, expected, self._hint)
+        return REDUCE_ZERO_LABEL[ids] if self.reduce_zero_label else ids.astype(np.int64)  # one vectorised lookup

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbandit.data.files import VOID, SegmentationFiles, root_folder, check_values
+from segbandit.data.files import VOID, SegmentationFiles, check_values, root_folder, valid_values
 from segbandit.errors import DataError
 
 CITYSCAPES_CLASSES: tuple[str, ...] = (
@@ -40,12 +40,8 @@ def _label_id_lut() -> np.ndarray:
 LABEL_ID_TO_TRAIN_ID: np.ndarray = _label_id_lut()
 """(256,) int64 lookup table: ``LABEL_ID_TO_TRAIN_ID[ids]`` maps a uint8 labelIds map to train ids (255 = void)."""
 
-_VALID_LABEL_IDS = np.zeros(256, dtype=bool)
-_VALID_LABEL_IDS[:NUM_LABEL_IDS] = True
-_VALID_LABEL_IDS[VOID] = True  # -1 (license plate) as an 8-bit value
-_VALID_TRAIN_IDS = np.zeros(256, dtype=bool)
-_VALID_TRAIN_IDS[: len(CITYSCAPES_CLASSES)] = True
-_VALID_TRAIN_IDS[VOID] = True
+_VALID_LABEL_IDS = valid_values(NUM_LABEL_IDS)  # and 255: -1 (license plate) as an 8-bit value
+_VALID_TRAIN_IDS = valid_values(len(CITYSCAPES_CLASSES))
 
 _LAYOUT_HINT = (
     "expected <root>/leftImg8bit/{train,val,test}/<city>/<stem>_leftImg8bit.png and "
@@ -64,43 +60,46 @@ def find_cityscapes(root: str | Path | None) -> Path:
     raise DataError(f"{root}: no leftImg8bit and gtFine folders found (nor in {root / 'cityscapes'}); {_LAYOUT_HINT}")
 
 
-def _list_split(root: Path, split: str) -> tuple[list[str], list[Path], list[Path]]:
-    """Stems, image paths and label paths of ``split``, sorted by city then stem (a directory listing per city)."""
-    image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+def pick_label(label_dir: Path, present: set[str], stem: str, suffixes: tuple[str, ...], image: Path,
+               hint: str, named: int = 0) -> Path:
+    """The label file of ``image``: ``label_dir / (stem + suffix)`` for the first suffix in ``present``, else a
+    one-line DataError naming candidate ``suffixes[named]`` (the release's own file), the image and the others."""
+    for suffix in suffixes:
+        if stem + suffix in present:
+            return label_dir / (stem + suffix)
+    rest = [stem + x for i, x in enumerate(suffixes) if i != named]
+    others = f" (nor {', '.join(rest)})" if rest else ""
+    raise DataError(f"{label_dir / (stem + suffixes[named])}: label file of image {image} not found{others}; {hint}")
+
+
+def list_grouped(image_dir: Path, label_dir: Path, image_suffix: str, label_suffixes: tuple[str, ...], group: str,
+                 split: str, hint: str, named: int = 0) -> tuple[list[str], list[Path], list[Path]]:
+    """Stems, image paths and label paths of a Cityscapes-style split: one sub-folder per ``group`` (city, sequence)
+    under both folders, sorted by group then stem (a directory listing per group)."""
     if not image_dir.is_dir():
-        raise DataError(f"{image_dir}: image folder of split {split!r} not found; {_LAYOUT_HINT}")
+        raise DataError(f"{image_dir}: image folder of split {split!r} not found; {hint}")
     if not label_dir.is_dir():
-        raise DataError(f"{label_dir}: label folder of split {split!r} not found; {_LAYOUT_HINT}")
+        raise DataError(f"{label_dir}: label folder of split {split!r} not found; {hint}")
     ids: list[str] = []
     images: list[Path] = []
     masks: list[Path] = []
-    for city in sorted(e.name for e in os.scandir(image_dir) if e.is_dir()):
-        stems = sorted(n[: -len(IMAGE_SUFFIX)] for n in os.listdir(image_dir / city) if n.endswith(IMAGE_SUFFIX))
+    for name in sorted(e.name for e in os.scandir(image_dir) if e.is_dir()):
+        stems = sorted(n[: -len(image_suffix)] for n in os.listdir(image_dir / name) if n.endswith(image_suffix))
         if not stems:
             continue
-        city_labels = label_dir / city
-        if not city_labels.is_dir():
+        labels = label_dir / name
+        if not labels.is_dir():
             raise DataError(
-                f"{city_labels}: label folder of city {city!r} not found (its images are in {image_dir / city}); "
-                f"{_LAYOUT_HINT}"
+                f"{labels}: label folder of {group} {name!r} not found (its images are in {image_dir / name}); {hint}"
             )
-        present = set(os.listdir(city_labels))
+        present = set(os.listdir(labels))
         for stem in stems:
-            if stem + TRAIN_ID_SUFFIX in present:
-                mask = city_labels / (stem + TRAIN_ID_SUFFIX)
-            elif stem + LABEL_ID_SUFFIX in present:
-                mask = city_labels / (stem + LABEL_ID_SUFFIX)
-            else:
-                image = image_dir / city / (stem + IMAGE_SUFFIX)
-                raise DataError(
-                    f"{city_labels / (stem + LABEL_ID_SUFFIX)}: label file of image {image} not found "
-                    f"(nor {stem + TRAIN_ID_SUFFIX}); {_LAYOUT_HINT}"
-                )
+            image = image_dir / name / (stem + image_suffix)
+            masks.append(pick_label(labels, present, stem, label_suffixes, image, hint, named))
             ids.append(stem)
-            images.append(image_dir / city / (stem + IMAGE_SUFFIX))
-            masks.append(mask)
+            images.append(image)
     if not ids:
-        raise DataError(f"{image_dir}: split {split!r} has no <city>/*{IMAGE_SUFFIX} images; {_LAYOUT_HINT}")
+        raise DataError(f"{image_dir}: split {split!r} has no <{group}>/*{image_suffix} images; {hint}")
     return ids, images, masks
 
 
@@ -125,11 +124,15 @@ class CityscapesSegmentation(SegmentationFiles):
     mask_format: str = "a single-channel ('L') PNG of labelIds or labelTrainIds (not the *_gtFine_color.png)"
 
     def list_split(self) -> tuple[Path, list[str], list[Path], list[Path]]:
-        return (self.root / "leftImg8bit" / self.split, *_list_split(self.root, self.split))
+        image_dir = self.root / "leftImg8bit" / self.split
+        return (image_dir, *list_grouped(image_dir, self.root / "gtFine" / self.split, IMAGE_SUFFIX,
+                                         (TRAIN_ID_SUFFIX, LABEL_ID_SUFFIX), "city", self.split, _LAYOUT_HINT,
+                                         named=1))  # a missing file is named as the release's labelIds
 
     def labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        """(H, W) int64 train ids from a labelTrainIds (as is) or labelIds (the official table) PNG."""
-        if path.name.endswith(TRAIN_ID_SUFFIX):
+        """(H, W) int64 train ids from a ``*_labelTrainIds.png`` (as is) or ``*_labelIds.png`` (the official table);
+        the Cityscapes-labelled night sets (Dark Zurich, Nighttime Driving) read theirs here too."""
+        if path.name.endswith("_labelTrainIds.png"):
             ids = check_values(raw, _VALID_TRAIN_IDS, path, "a Cityscapes train id (0..18, or 255)", self._hint)
             return ids.astype(np.int64)
         ids = check_values(raw, _VALID_LABEL_IDS, path, "a Cityscapes labelId (0..33, or 255)", self._hint)

@@ -3,6 +3,11 @@
 No download: ``sklearn.datasets.load_digits`` ships with scikit-learn. A scene is a smooth colour-gradient background
 with 1-3 clutter strokes/blobs (labelled background) and 1-4 upscaled digits in contrasting ink colours on top.
 Classes: 0 = background, ``c + 1`` = digit ``c``; soft ink edges are void (255).
+
+``style`` draws the same scenes under a domain shift (the embedded stand-in for Cityscapes -> Dark Zurich):
+``"day"`` (the training domain), ``"night"`` (the same layout darkened to 30-50 % brightness with a blue cast, 60 %
+of the contrast and twice the sensor noise) and ``"texture"`` (a held-out background style: mid-tone sinusoidal stripes
+instead of smooth light or dark gradients, the ink chosen against them as usual).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1}
 DEFAULT_NUM_SAMPLES: dict[str, int] = {"train": 2000, "val": 256}
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _MIN_CONTRAST = 0.3  # luminance gap between ink and the background under it (in [0, 1])
+STYLES: tuple[str, ...] = ("day", "night", "texture")  # the training domain and two shifted ones
+_NIGHT_TINT = np.array([0.75, 0.85, 1.1], dtype=np.float32)  # sodium-free night: a blue cast
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,6 +86,25 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     t = xx * np.cos(theta) + yy * np.sin(theta)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)  # (size, size) in [0, 1]
     return c0 + (c1 - c0) * t[..., None]  # (size, size, 3)
+
+
+def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Held-out background: mid-tone two-colour sinusoidal stripes, (size, size, 3) float32 in [0.25, 0.75]."""
+    c0, c1 = rng.uniform(0.25, 0.75, (2, 3)).astype(np.float32)  # (3,), (3,)
+    theta = rng.uniform(0.0, np.pi)
+    cycles = rng.uniform(3.0, 8.0)
+    yy, xx = _grid(size)
+    t = (xx * np.cos(theta) + yy * np.sin(theta)) / size  # (size, size)
+    wave = 0.5 + 0.5 * np.sin(2.0 * np.pi * cycles * t)
+    return c0 + (c1 - c0) * wave[..., None]  # (size, size, 3)
+
+
+def _night(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, float]:
+    """Darken a scene (size, size, 3) in [0, 1]: 60 % of its contrast, scaled to 30-50 % with a blue cast; + noise std."""
+    gain = rng.uniform(0.30, 0.50)
+    mean = image.mean(axis=(0, 1), keepdims=True)
+    flat = mean + 0.6 * (image - mean)  # lower contrast
+    return flat * gain * _NIGHT_TINT, 0.04
 
 
 def _box(lo_xy: np.ndarray, hi_xy: np.ndarray, size: int) -> tuple[slice, slice]:
@@ -132,16 +158,23 @@ def render_scene(
     max_digits: int = 4,
     scale_range: tuple[float, float] = (1.5, 3.5),
     clutter: bool = True,
+    style: str = "day",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One scene -> image uint8 (size, size, 3), mask int64 (size, size) in {0..10, 255}.
 
     ``glyphs`` (N, 8, 8) in [0, 1] and ``digit_labels`` (N,) are the source digits this scene may draw from.
     Background, clutter and digits use independent child streams of ``rng``, so toggling ``clutter`` leaves the
-    background and the digits unchanged.
+    background and the digits unchanged, and a ``"night"`` scene is its ``"day"`` scene darkened (same mask); a
+    ``"texture"`` scene keeps the digits' glyphs, sizes and places on a striped background.
     """
+    if style not in STYLES:
+        raise ValueError(f"unknown DigitScenes style {style!r}; valid names: {', '.join(STYLES)}")
     bg_rng, clutter_rng, digit_rng = rng.spawn(3)
     background = _background(bg_rng, size)  # (size, size, 3)
     noise = bg_rng.normal(0.0, 0.02, (size, size, 3)).astype(np.float32)
+    style_rng = rng.spawn(1)[0] if style != "day" else None  # a fourth stream: "day" scenes stay as they were
+    if style == "texture":
+        background = _stripes(style_rng, size)
     bg_lum = background @ _LUMA  # (size, size)
     image = background.copy()
     mask = np.zeros((size, size), dtype=np.int64)
@@ -168,6 +201,9 @@ def render_scene(
         region[ink > INK_LABEL] = int(digit_labels[j]) + 1
         region[(ink > INK_VOID) & (ink <= INK_LABEL)] = VOID
 
+    if style == "night":
+        image, std = _night(style_rng, image)
+        noise = noise * (std / 0.02)
     image = np.clip(image + noise, 0.0, 1.0)
     return (image * 255.0 + 0.5).astype(np.uint8), mask
 
@@ -199,7 +235,10 @@ class DigitScenes(torch.utils.data.Dataset):
         clutter: bool = True,
         transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None,
         cache: bool = False,
+        style: str = "day",
     ) -> None:
+        if style not in STYLES:
+            raise ValueError(f"unknown DigitScenes style {style!r}; valid names: {', '.join(STYLES)}")
         if split not in SPLIT_CODES:
             raise ValueError(f"unknown DigitScenes split {split!r}; valid splits: {', '.join(SPLIT_CODES)}")
         if int(seed) != seed or seed < 0:
@@ -221,6 +260,7 @@ class DigitScenes(torch.utils.data.Dataset):
         self.min_digits, self.max_digits = int(min_digits), int(max_digits)
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.clutter = bool(clutter)
+        self.style = style
         self.transforms = transforms
         self.source_indices = source_indices_for(split)  # (n_src,) indices into load_digits()
         glyphs, labels = load_source_digits()
@@ -265,8 +305,15 @@ class DigitScenes(torch.utils.data.Dataset):
         """Raw scene ``index`` as numpy: image uint8 (size, size, 3), mask int64 (size, size)."""
         rng = np.random.default_rng([self.seed, self.split_code, self._checked_index(index)])
         return render_scene(
-            rng, self._glyphs, self._labels, self.size, self.min_digits, self.max_digits, self.scale_range, self.clutter
+            rng, self._glyphs, self._labels, self.size, self.min_digits, self.max_digits, self.scale_range, self.clutter,
+            self.style,
         )
+
+    def raw_mask(self, index: int) -> np.ndarray:
+        """The class map (size, size) int64 of scene ``index``, without transforms (for filtering by class)."""
+        if self.cache:
+            return self._cached_scene(self._checked_index(index))[1].numpy().astype(np.int64)
+        return self.scene(index)[1]
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         if self.cache:
@@ -282,4 +329,5 @@ class DigitScenes(torch.utils.data.Dataset):
         return img_t, mask_t
 
     def __repr__(self) -> str:
-        return f"DigitScenes(split={self.split!r}, seed={self.seed}, size={self.size}, n={len(self)})"
+        style = "" if self.style == "day" else f", style={self.style!r}"
+        return f"DigitScenes(split={self.split!r}, seed={self.seed}, size={self.size}, n={len(self)}{style})"

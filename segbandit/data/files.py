@@ -21,7 +21,16 @@ from segbandit.errors import DataError
 
 VOID = 255
 
-__all__ = ["SegmentationFiles", "VOID", "check_values", "one_line", "root_folder"]
+__all__ = ["SegmentationFiles", "VOID", "check_values", "find_release", "one_line", "root_folder", "valid_values"]
+
+
+def valid_values(n: int) -> np.ndarray:
+    """(256,) bool read-only table for :func:`check_values`: the values 0..n-1 and void (255)."""
+    table = np.zeros(256, dtype=bool)
+    table[:n] = True
+    table[VOID] = True
+    table.setflags(write=False)
+    return table
 
 
 def one_line(exc: BaseException) -> str:
@@ -54,6 +63,16 @@ def root_folder(root: str | Path | None, what: str, hint: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{path}: {what} root does not exist or is not a folder; {hint}")
     return path
+
+
+def find_release(root: str | Path | None, what: str, release_dir: str, folders: tuple[str, ...], hint: str) -> Path:
+    """``root`` itself or ``root / release_dir``, whichever holds every one of ``folders``; else a one-line DataError."""
+    root = root_folder(root, what, hint)
+    for cand in (root, root / release_dir):
+        if all((cand / f).is_dir() for f in folders):
+            return cand
+    names = " and ".join(folders)
+    raise DataError(f"{root}: no {names} folders found (nor in {root / release_dir}); {hint}")
 
 
 class SegmentationFiles(torch.utils.data.Dataset):
@@ -126,6 +145,10 @@ class SegmentationFiles(torch.utils.data.Dataset):
                 f"{path}: {self.mask_word} has mode {mode!r} shape {arr.shape}; expected {self.mask_format}{self._hint}"
             )
         return arr
+
+    def raw_mask(self, index: int) -> np.ndarray:
+        """The class map (H, W) int64 of sample ``index`` (255 = void), without transforms (for filtering by class)."""
+        return self.labels(self.read_mask(self.masks[index]), self.masks[index])
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         n = len(self)

@@ -3,7 +3,8 @@
 Every pipeline here is a :class:`SegmentationTransform`: ``transform(image, mask) -> (image, mask)`` that takes
 a raw sample (uint8 image ``(3, H, W)`` as tv_tensors.Image / tensor / PIL, mask ``(H, W)`` int) and returns plain
 tensors: image float32 ``(3, h, w)`` normalised, mask int64 ``(h, w)`` with 255 = void. Geometric ops resize masks
-with NEAREST (tv_tensors.Mask is coerced to nearest by v2) and pad them with 255.
+with NEAREST (tv_tensors.Mask is coerced to nearest by v2) and pad them with 255. Horizontal flips of datasets
+with left/right classes (human parsing) swap those labels on the mask (:class:`RandomHorizontalFlipSwap`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from segbandit.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from segbandit.data.human_parsing import FLIP_PAIRS
 
 _PAD_FILL = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
 _TO_FLOAT = v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True)
@@ -71,6 +73,53 @@ class RandomRescale(v2.Transform):
         return self._call_kernel(
             F.resize, inpt, size=params["size"], interpolation=self.interpolation, antialias=self.antialias
         )
+
+
+class RandomHorizontalFlipSwap(v2.Transform):
+    """Horizontal flip with probability ``p`` that also exchanges paired labels on the mask (left <-> right).
+
+    One random draw per sample: the image, the mask (and any boxes...) are all flipped or none is. On
+    tv_tensors.Mask inputs only, each label ``a`` of a pair ``(a, b)`` in ``flip_pairs`` becomes ``b`` and vice
+    versa (a left arm seen in a mirror is a right arm); other values, 255 = void included, are kept. With
+    ``flip_pairs=()`` it is ``v2.RandomHorizontalFlip(p)``.
+    """
+
+    def __init__(self, p: float = 0.5, flip_pairs: Sequence[tuple[int, int]] = FLIP_PAIRS) -> None:
+        super().__init__()
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        pairs = tuple((int(a), int(b)) for a, b in flip_pairs)
+        seen = [v for pair in pairs for v in pair]
+        if any(not 0 <= v < 256 for v in seen) or len(set(seen)) != len(seen):
+            raise ValueError(f"flip_pairs must be pairs of distinct labels 0..255, each in one pair; got {flip_pairs}")
+        self.p = float(p)
+        self.flip_pairs = pairs
+        lut = torch.arange(256, dtype=torch.int64)
+        for a, b in pairs:
+            lut[a], lut[b] = b, a
+        self._lut = lut  # (256,) label -> the label of its mirror image
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return dict(flip=bool(torch.rand(()) < self.p))
+
+    def _swap(self, mask: torch.Tensor) -> torch.Tensor:
+        """Paired labels of ``mask`` (any shape, integer) exchanged; values outside 0..255 kept."""
+        plain = mask.as_subclass(torch.Tensor)
+        values = plain.to(torch.int64)
+        inside = (values >= 0) & (values < 256)
+        swapped = torch.where(inside, self._lut.to(plain.device)[values.clamp(0, 255)], values).to(plain.dtype)
+        return tv_tensors.wrap(swapped, like=mask)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["flip"]:
+            return inpt
+        out = self._call_kernel(F.horizontal_flip, inpt)
+        if isinstance(inpt, tv_tensors.Mask) and self.flip_pairs:
+            out = self._swap(out)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, flip_pairs={self.flip_pairs}"
 
 
 def _as_image(image: Any) -> tv_tensors.Image:
@@ -149,17 +198,21 @@ def train_transforms(
     *,
     flip: bool = True,
     mild_photometric: bool = False,
+    flip_pairs: Sequence[tuple[int, int]] | None = None,
 ) -> SegmentationTransform:
     """Random rescale -> random crop (pad image 0 / mask 255) -> h-flip -> photometric -> float -> normalise.
 
     Returns image float32 ``(3, *crop)`` and mask int64 ``crop``. mmseg's ``cat_max_ratio`` crop retry is not done.
+    The flip is ``v2.RandomHorizontalFlip`` when ``flip_pairs`` is None, else :class:`RandomHorizontalFlipSwap`
+    exchanging those labels on the mask (human parsing's left/right parts); ``flip=False`` drops it either way.
     """
     steps: list[Any] = [
         RandomRescale(scale_range, base_size),
         v2.RandomCrop(crop_size, pad_if_needed=True, fill=_PAD_FILL),
     ]
     if flip:
-        steps.append(v2.RandomHorizontalFlip())
+        flipper = v2.RandomHorizontalFlip() if flip_pairs is None else RandomHorizontalFlipSwap(flip_pairs=flip_pairs)
+        steps.append(flipper)
     if photometric:
         steps.append(_photometric(mild_photometric))
     steps += [_TO_FLOAT, v2.Normalize(mean=list(mean), std=list(std))]
@@ -191,16 +244,21 @@ def eval_transforms(
 
 
 def voc_aug_preset(
-    crop_size: int = 512, *, eval_size: int | tuple[int, int] | None = None
+    crop_size: int = 512,
+    *,
+    eval_size: int | tuple[int, int] | None = None,
+    flip_pairs: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[SegmentationTransform, SegmentationTransform]:
     """The mmsegmentation / SSSegmentation VOC-aug recipe -> ``(train_tf, eval_tf)``.
 
     Train: rescale 0.5-2 of base ``(crop, 4·crop)`` = (512, 2048) at the default, crop ``crop_size``, flip,
     photometric distortion, ImageNet normalisation. Eval: short side to ``crop_size`` with the long side capped at
     ``4·crop_size`` (mmseg's keep-ratio (2048, 512) test resize; batch 1), or ``eval_size`` when given — pass
-    ``(crop_size, crop_size)`` for fixed-size eval batches.
+    ``(crop_size, crop_size)`` for fixed-size eval batches. ``flip_pairs``: see :func:`train_transforms`.
     """
-    train_tf = train_transforms(crop_size, scale_range=(0.5, 2.0), base_size=(crop_size, 4 * crop_size))
+    train_tf = train_transforms(
+        crop_size, scale_range=(0.5, 2.0), base_size=(crop_size, 4 * crop_size), flip_pairs=flip_pairs
+    )
     if eval_size is None:
         eval_tf = eval_transforms(crop_size, max_size=4 * crop_size)
     else:
@@ -209,7 +267,10 @@ def voc_aug_preset(
 
 
 def cityscapes_preset(
-    crop_size: int = 512, *, eval_size: int | tuple[int, int] | None = None
+    crop_size: int = 512,
+    *,
+    eval_size: int | tuple[int, int] | None = None,
+    flip_pairs: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[SegmentationTransform, SegmentationTransform]:
     """The mmsegmentation Cityscapes recipe -> ``(train_tf, eval_tf)``; ``crop_size`` is the crop's short side.
 
@@ -217,13 +278,39 @@ def cityscapes_preset(
     keep ratio), crop ``(crop, 2·crop)`` = 512 x 1024, flip, photometric distortion, ImageNet normalisation. Eval:
     short side to ``2·crop`` with the long side capped at ``4·crop`` (mmseg's whole-image (2048, 1024) test resize:
     the release's 1024 x 2048 images at the default), or ``eval_size`` when given (``(h, w)`` for a fixed size).
+    ``flip_pairs``: see :func:`train_transforms`.
     """
     crop = int(crop_size)
-    train_tf = train_transforms((crop, 2 * crop), scale_range=(0.5, 2.0), base_size=(2 * crop, 4 * crop))
+    train_tf = train_transforms(
+        (crop, 2 * crop), scale_range=(0.5, 2.0), base_size=(2 * crop, 4 * crop), flip_pairs=flip_pairs
+    )
     if eval_size is None:
         eval_tf = eval_transforms(2 * crop, max_size=4 * crop)
     else:
         eval_tf = eval_transforms(eval_size)
+    return train_tf, eval_tf
+
+
+def human_parsing_preset(
+    crop_size: int = 473,
+    *,
+    eval_size: int | tuple[int, int] | None = None,
+    flip_pairs: Sequence[tuple[int, int]] | None = FLIP_PAIRS,
+) -> tuple[SegmentationTransform, SegmentationTransform]:
+    """A LIP / CIHP recipe after SCHP (473 x 473 input) -> ``(train_tf, eval_tf)``.
+
+    Train: keep-ratio rescale of the long side to ``crop·r``, ``r ~ U(0.75, 1.25)`` (SCHP's scale factor 0.25),
+    crop ``crop_size`` square (pad image 0 / mask 255), horizontal flip swapping the left/right labels of
+    ``flip_pairs`` (default ``FLIP_PAIRS``: arms, legs, shoes), no photometric distortion (SCHP uses none),
+    ImageNet normalisation. SCHP's random rotation (+-30 degrees) and person-box affine warp are not done. Eval:
+    resize to ``(crop_size, crop_size)`` (SCHP's test input size; the aspect is not kept), or ``eval_size`` when
+    given (an int: short side, keep ratio, batch 1).
+    """
+    crop = int(crop_size)
+    train_tf = train_transforms(
+        crop, scale_range=(0.75, 1.25), base_size=(crop, crop), photometric=False, flip_pairs=flip_pairs
+    )
+    eval_tf = eval_transforms((crop, crop) if eval_size is None else eval_size)
     return train_tf, eval_tf
 
 
