@@ -44,7 +44,7 @@ PAPER_TABLE3: dict[str, dict[str, tuple[float | None, float | None, float | None
     "ADE20K 100-5": {"plop": (39.1, 7.8, 28.8), "plop+rl": (41.6, 15.0, 32.7)},
 }
 METRICS = ("miou_old", "miou_new", "miou_all")
-PAIRS = (("plop", "finetune"), ("plop+rl", "plop"), ("plop+rl", "finetune"))
+PAIRS = (("plop", "finetune"), ("plop+rl", "plop"), ("plop+rl", "finetune"), ("finetune+rl", "finetune"))
 
 
 def run_seed(seed: int, tasks: list[str], methods: list[str], args: argparse.Namespace, cache: dict[str, Any],
