@@ -54,6 +54,7 @@ from segbandit.continual import (
     pseudo_labels,
     training_lut,
 )
+from segbandit.data import ADE20K_CLASSES, DIGIT_CLASSES, VOC_CLASSES
 from segbandit.errors import DataError
 
 
@@ -326,7 +327,8 @@ def run_step(
     return trainer, row
 
 
-TASK_CLASSES: dict[str, int] = {"digits": 11, "voc": 21, "ade20k": 151}  # to check a task before reading data
+# the class count of each dataset with tasks (ADE20K with background), to check a task before reading data
+TASK_CLASSES: dict[str, int] = {"digits": len(DIGIT_CLASSES), "voc": len(VOC_CLASSES), "ade20k": len(ADE20K_CLASSES) + 1}
 # PLOP's ADE20K keeps 0 = background (unlabelled) beside classes 1..150 instead of mmseg's reduce_zero_label
 DATASET_KW: dict[str, dict[str, Any]] = {"ade20k": {"reduce_zero_label": False}}
 
@@ -337,8 +339,7 @@ def prepare(cfg: TrainConfig) -> tuple[Task, Dataset, Dataset, tuple[str, ...], 
         raise ValueError(f"a continual run on {cfg.dataset} needs --task; datasets with tasks: {', '.join(TASKS)}")
     name = cfg.task if cfg.task is not None else DEFAULT_TASKS[cfg.dataset]
     kw = DATASET_KW.get(cfg.dataset, {})
-    num_classes = TASK_CLASSES[cfg.dataset] if cfg.dataset in TASK_CLASSES else len(build_datasets(cfg, **kw)[3])
-    task = make_task(cfg.dataset, name, num_classes)  # a bad task name fails before any data is read
+    task = make_task(cfg.dataset, name, TASK_CLASSES.get(cfg.dataset, 0))  # a bad task fails before any data is read
     train, val, _, names = build_datasets(cfg, **kw)
     return task, train, val, names, class_presence(train), class_presence(val)
 

@@ -113,11 +113,15 @@ def build_loaders(cfg: TrainConfig, train: Dataset, val: Dataset, start: int, de
     # worker seeds; keeps the global torch RNG untouched (rank 0 keeps the single-process seed)
     gen = torch.Generator().manual_seed(cfg.seed + 100_003 * info.rank)
     train_loader = DataLoader(train, batch_sampler=sampler, generator=gen, **common)
-    val_part = val if not info.enabled else Subset(val, list(shard(len(val), info)))
+    return train_loader, eval_loader(cfg, val, info, **common), sampler
+
+
+def eval_loader(cfg: TrainConfig, dataset: Dataset, info: DistInfo = SINGLE, **loader_kw: Any) -> DataLoader:
+    """An evaluation loader: this rank's share of ``dataset`` (no padding), in order, at the eval batch size."""
+    part = dataset if not info.enabled else Subset(dataset, list(shard(len(dataset), info)))
     eval_bs = cfg.eval_batch_size or cfg.batch_size
-    val_loader = DataLoader(val_part, batch_size=max(1, eval_bs // info.world_size), shuffle=False,
-                            generator=torch.Generator().manual_seed(cfg.seed), **common)
-    return train_loader, val_loader, sampler
+    return DataLoader(part, batch_size=max(1, eval_bs // info.world_size), shuffle=False,
+                      generator=torch.Generator().manual_seed(cfg.seed), **loader_kw)
 
 
 def one_line(err: BaseException) -> str:

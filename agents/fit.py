@@ -35,7 +35,7 @@ from agents.checkpoint import (
     save_checkpoint,
 )
 from agents.config import TrainConfig, from_dict, resume_config, save_config
-from agents.datasets import build_datasets, build_domains, build_loaders, one_line, shard, validate_data
+from agents.datasets import build_datasets, build_domains, build_loaders, eval_loader, one_line, validate_data
 from agents.distributed import assert_ranks_in_sync
 from agents.reporting import (
     CSVLogger,
@@ -187,11 +187,8 @@ def evaluate_domains(trainer: CoTrainer, cfg: TrainConfig, domains: list[tuple[s
     keys = ("miou", "pixel_acc", "mean_dice", "per_class_iou", "num_images")
     rows = [{"domain": f"{cfg.dataset} (source)", "split": cfg.val_split, **{k: source.get(k) for k in keys}}]
     for name, split, ds in domains:
-        part = ds if not info.enabled else torch.utils.data.Subset(ds, list(shard(len(ds), info)))
-        loader = torch.utils.data.DataLoader(part, batch_size=max(1, (cfg.eval_batch_size or cfg.batch_size)
-                                                                  // info.world_size), shuffle=False)  # fmt: skip
         try:
-            res = trainer.evaluate(loader, deterministic=True)
+            res = trainer.evaluate(eval_loader(cfg, ds, info), deterministic=True)
         except DataError as err:
             raise DataError(one_line(err)) from None
         rows.append({"domain": name, "split": split, **{k: res[k] for k in keys}})
