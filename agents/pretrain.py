@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from agents.atomic import atomic_write
-from agents.config import TrainConfig, make_config
+from agents.config import DIGITS_SCHEDULE_1400, TrainConfig, make_config
 from agents.datasets import build_datasets
 from agents.fit import fit
 from envs.transition import BanditTransition
@@ -35,7 +35,10 @@ from segbandit.constants import DEFAULT_ACTION_BOUND, IGNORE_INDEX
 from segbandit.pretrained import POLICY_KEYS, SEGMENTOR_KEYS, Bundle, build_from_bundle, bundle_digest, freeze
 from segbandit.pretrained import policy_from_bundle
 
-PRETRAINED_RECIPE: dict[str, Any] = dict(action_mode="channel", num_overlays=0, eval_stochastic=False)
+# The digits preset as it stood when the shipped file was built (NCHW weights, 1,400 iterations, an evaluation every
+# 200), pinned so that the command keeps rebuilding that file bit for bit as the preset moves on.
+PRETRAINED_RECIPE: dict[str, Any] = dict(action_mode="channel", num_overlays=0, eval_stochastic=False,
+                                         channels_last=False, **DIGITS_SCHEDULE_1400)
 REFINE_STEPS = 300  # phase 2: Adam steps on the policy alone (batch = the recipe's)
 REFINE_LR = 1e-3
 

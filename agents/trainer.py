@@ -396,8 +396,9 @@ class CoTrainer:
             logstd_bound=cfg.logstd_bound,
             log_std_init=cfg.policy_log_std_init,
         )
-        segmentor.to(dev)
-        policy.to(dev)
+        layout = torch.channels_last if cfg.channels_last else torch.contiguous_format  # conv outputs follow it
+        segmentor.to(dev, memory_format=layout)
+        policy.to(dev, memory_format=layout)
         objective = PolicyObjective(
             policy,
             cfg.algo,

@@ -116,10 +116,11 @@ LATER_FIELDS: dict[str, Any] = {
     "psr_cumulative": True, "rss_normalize": True,  # issue 15
     "backbone_lr_mult": 1.0, "head_lr_mult": 1.0, "norm_weight_decay": None,  # issue 16
 }  # fmt: skip
-# Fields that never change a run's result: left out of the cache key.
+# Fields that never change a run's result: left out of the cache key.  The device and the weights' memory layout
+# (channels_last, issue 11) change only the float summation order, as the thread count does.
 NON_RESULT_FIELDS: tuple[str, ...] = (
     "out", "resume", "log_every", "save_every", "eval_every", "keep_checkpoints", "num_overlays", "num_workers",
-    "eval_stochastic", "device", "preset", "check_data", "sync_bn",
+    "eval_stochastic", "device", "preset", "check_data", "sync_bn", "channels_last",
 )  # fmt: skip
 
 

@@ -341,7 +341,8 @@ class Segmentor(nn.Module):
                 f"this segmentor's decoder reads {len(self.skip_keys)} pass-through features {self.skip_keys} beside z, "
                 f"got {len(skips)}: decode(z, s, skips=segmentor.skips(segmentor.features(x)))"
             )
-        logits = self.classifier(self.decoder_input(z, s), *skips)  # (B, K, h', w')
+        # contiguous (NCHW): under channels_last the loss, reward and metric softmaxes over dim 1 would each copy
+        logits = self.classifier(self.decoder_input(z, s), *skips).contiguous()  # (B, K, h', w')
         if out_size is not None:
             logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
         return logits
@@ -353,7 +354,7 @@ class Segmentor(nn.Module):
         """
         if self.aux_classifier is None:
             raise ValueError("this segmentor has no aux head (built with aux_loss=False)")
-        logits = self.aux_classifier(aux_feat)  # (B, K, h, w) or (B, A, K, h, w)
+        logits = self.aux_classifier(aux_feat).contiguous()  # (B, K, h, w) or (B, A, K, h, w); NCHW, as decode
         if out_size is not None:
             lead = logits.shape[:-3]
             logits = F.interpolate(logits.flatten(0, -4), size=tuple(out_size), mode="bilinear", align_corners=False)

@@ -54,6 +54,13 @@ def _env(bundle_file, **kw):
 # ---------------------------------------------------------------------------- where the segmentor comes from
 
 
+def test_the_pretrained_recipe_is_the_one_the_shipped_file_records():
+    shipped = load_bundle(pretrained_path(DEFAULT_PRETRAINED)).config
+    recipe = vars(pretrained_config())
+    assert {k: recipe[k] for k in shipped} == shipped  # model, widths, action mode, seed, max_iters 1400, preset
+    assert recipe["channels_last"] is False  # the NCHW layout it was trained in, whatever the preset's default
+
+
 def test_make_pretrained_is_reproducible_bit_for_bit(bundle_file, tmp_path):
     again = make_pretrained(tmp_path / "again.pt", _tiny_recipe(), refine_steps=2, log=lambda s: None)
     assert again["digest"] == bundle_file[1]["digest"]

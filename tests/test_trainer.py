@@ -508,3 +508,17 @@ def test_policy_diagnostics_measure_reward_spread_and_gradients_without_changing
         for name, value in state[part].items():
             assert torch.equal(value, after[part][name]), (part, name)
     assert torch.equal(state["rng"]["generators"]["action"], after["rng"]["generators"]["action"])
+
+
+def test_channels_last_stores_conv_weights_nhwc_and_trains_the_same_function():
+    nhwc, nchw = (CoTrainer.from_config(tiny_cfg(channels_last=cl), K) for cl in (True, False))
+    conv = nhwc.segmentor.backbone.stem[0].weight  # (C_out, 3, k, k)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert nchw.segmentor.backbone.stem[0].weight.is_contiguous()
+    images, masks = toy_batch(seed=0)
+    logits = nhwc.predict(images)
+    assert logits.is_contiguous()  # NCHW logits: the softmaxes over the classes do not copy
+    torch.testing.assert_close(logits, nchw.predict(images), rtol=1e-4, atol=1e-4)
+    for trainer in (nhwc, nchw):
+        trainer.train_step(images, masks)
+    torch.testing.assert_close(nhwc.predict(images), nchw.predict(images), rtol=1e-3, atol=1e-3)
