@@ -115,6 +115,9 @@ LATER_FIELDS: dict[str, Any] = {
     "rss_reward": "miou", "psd": True, "psr_scales": [16, 8, 4, 1], "psr_milestones": None, "psr_patience": 50,
     "psr_cumulative": True, "rss_normalize": True,  # issue 15
     "backbone_lr_mult": 1.0, "head_lr_mult": 1.0, "norm_weight_decay": None,  # issue 16
+    "eval_domains": "", "task": None, "continual_method": "plop+rl", "overlap": True, "step_iters": None,
+    "step_lr_mult": 0.1, "pod_factor": 0.01, "pod_logits_factor": 0.0005, "pod_scales": [1, 2, 4],
+    "pseudo_threshold": 0.001,  # issue 17
 }  # fmt: skip
 # Fields that never change a run's result: left out of the cache key.  The device and the weights' memory layout
 # (channels_last, issue 11) change only the float summation order, as the thread count does.

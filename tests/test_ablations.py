@@ -111,3 +111,11 @@ def test_rows_filter_plans_only_the_matching_rows():
     tasks, keys = abl.plan(["6"], [0, 1], _base(), rows="no modulation")
     assert len(tasks) == 2 and all(t["modulation"] == "none" for t in tasks)
     assert len(keys) == 2 * len(abl.TABLES["6"].rows)  # every row keeps its key for the report
+
+
+def test_the_committed_cache_still_answers_every_run_of_the_default_harness():
+    # a field added to TrainConfig must join LATER_FIELDS at its old value, or every cached run is retrained
+    base = abl.base_config(abl.HARNESS_DIGITS_PRESET)
+    tasks, _ = abl.plan(abl.TABLE_KEYS, list(range(5)), base, grid_seeds=3)
+    missing = [c["seed"] for c in tasks if abl.load_cached(abl.DEFAULT_CACHE, c) is None]
+    assert len(tasks) > 100 and missing == []
