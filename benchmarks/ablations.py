@@ -6,7 +6,8 @@ against the full method (paired by seed), plus bar plots with error bars (``docs
 
     python benchmarks/ablations.py                                 # embedded digit scenes, 5 seeds, calibrated CPU budget
     python benchmarks/ablations.py --seeds 3 --tables 1,6 --jobs 2
-    python benchmarks/ablations.py --preset voc-fcn-r50 --data-root /data --max-iters 4000 --jobs 1   # VOC, on a GPU
+    python benchmarks/ablations.py --preset voc-fcn-r50 --data-root /data --device cuda --jobs 1 \
+        --tables 6 --seeds 1 --max-iters 4000                   # VOC-aug, Table 6 (left), one seed, on a GPU
 
 How it works:
 
@@ -39,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -718,6 +719,22 @@ def write_markdown(out: Path, block: str) -> None:
 # ----------------------------------------------------------------------------- command line
 
 
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``["lr=0.02", "model=fcn_resnet18"]`` -> ``{"lr": 0.02, "model": "fcn_resnet18"}``: each a TrainConfig field, the
+    value read as JSON where it parses (numbers, true / false, null, lists), else as text."""
+    names = {f.name for f in fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key.strip() not in names:
+            raise SystemExit(f"--set expects FIELD=VALUE with FIELD a TrainConfig field, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ablations.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -734,13 +751,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--train-size", type=int, default=None, help="digits: distinct training scenes")
     p.add_argument("--val-size", type=int, default=None, help="evaluate on the first N val images")
-    p.add_argument("--model", default=None, help="segmentor (budget default fcn_resnet18)")
+    p.add_argument("--model", default=None, help="segmentor (default: the preset's, fcn_resnet_tiny for digits)")
     p.add_argument("--cache", default=None, help="folder of per-(config, seed) JSON results (default "
                    "benchmarks/results/ablations_digits; with --preset digits-fcn-r18 benchmarks/results/ablations)")
     p.add_argument("--out", default=None, help="markdown report, tables between its markers (default "
                    "docs/ablations.md; with --preset digits-fcn-r18 docs/ablations_fcn_r18.md)")
     p.add_argument("--img-dir", default=None, help="folder for the abl_*.png plots (default docs/img/abl_digits; "
                    "with --preset digits-fcn-r18 docs/img)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other agents.config.TrainConfig field for every run (repeatable; the value is read as "
+                        "JSON where it parses, else as text), e.g. --set pretrained_backbone=false --set lr=0.02")
     p.add_argument("--summary", default=None, help="summary JSON (default <cache>/summary.json)")
     p.add_argument("--no-estimate", action="store_true", help="skip the timing probe at start")
     p.add_argument("--render-only", action="store_true", help="only aggregate the cache and write the report")
@@ -763,6 +783,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        ("data_root", "data_root")):  # fmt: skip
         if getattr(args, flag) is not None:
             overrides[name] = getattr(args, flag)
+    overrides.update(parse_sets(args.set))
     if args.data_root and args.preset == HARNESS_DIGITS_PRESET:
         args.preset = "voc-fcn-r50"
     if args.data_root:

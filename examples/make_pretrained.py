@@ -8,6 +8,13 @@ It co-trains ``fcn_resnet_tiny`` with its latent policy by the main job's digits
 bit for bit (it prints their sha256, ``segbandit.pretrained.bundle_digest``; the shipped file's is in its
 ``meta["digest"]``).  Every main-job flag is accepted (``--seed``, ``--max-iters``, ...); ``--weights`` is where
 the bundle goes and ``--threads`` the intra-op threads (another count can change the last bits).
+
+``--hint-steps N`` adds the hint construction before the policy phase (``agents.pretrain.train_on_hints``: the
+decoder retrained with a label-derived class-presence action, docs/benchmark.md); ``--start-from W`` starts the later
+phases from existing weights instead of co-training, e.g.::
+
+    python examples/make_pretrained.py --start-from segbandit/weights/digits_cotrained.pt --hint-steps 300 \
+        --hint-prob 1.0 --refine-steps 0 --weights /tmp/hint.pt
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ import torch
 
 from agents.cli import build_parser
 from agents.config import config_from_args
-from agents.pretrain import PRETRAINED_RECIPE, REFINE_LR, REFINE_STEPS, make_pretrained
+from agents.pretrain import HINT_PROB, HINT_STEPS, PRETRAINED_RECIPE, REFINE_LR, REFINE_STEPS, make_pretrained
 from segbandit.pretrained import DEFAULT_PRETRAINED, WEIGHTS_DIR, PRETRAINED
 
 
@@ -33,6 +40,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--refine-steps", type=int, default=REFINE_STEPS,
                         help="phase 2: policy-only steps through the frozen segmentor (0 = off)")
     parser.add_argument("--refine-lr", type=float, default=REFINE_LR, help="phase 2: Adam learning rate")
+    parser.add_argument("--hint-steps", type=int, default=HINT_STEPS,
+                        help="the hint construction before phase 2: decoder steps with label-derived actions (0 = off)")
+    parser.add_argument("--hint-prob", type=float, default=HINT_PROB,
+                        help="share of the images decoded with the hint during --hint-steps (the rest with s = 0)")
+    parser.add_argument("--start-from", default=None,
+                        help="skip the co-training: start the later phases from these weights (bundle or ckpt_*.pt)")
     args = parser.parse_args(argv)
     values = {**vars(args), **{k: v for k, v in PRETRAINED_RECIPE.items() if getattr(args, k, None) is None}}
     try:
@@ -40,10 +53,15 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as err:
         parser.error(str(err))
     torch.set_num_threads(args.threads)
-    result = make_pretrained(args.weights, cfg, refine_steps=args.refine_steps, refine_lr=args.refine_lr)
-    print(f"wrote {result['path']}: val mIoU {100 * result['miou']:.2f} after {result['iterations']} iterations "
-          f"(co-trained tensors sha256 {result['cotrained_digest']}), then {args.refine_steps} policy steps; "
-          f"sha256 of the tensors {result['digest']}")
+    try:
+        result = make_pretrained(args.weights, cfg, refine_steps=args.refine_steps, refine_lr=args.refine_lr,
+                                 hint_steps=args.hint_steps, hint_prob=args.hint_prob, start_from=args.start_from)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    start = f"started from {args.start_from} (its val mIoU {100 * result['miou']:.2f})" if args.start_from else \
+        f"val mIoU {100 * result['miou']:.2f} after {result['iterations']} iterations"
+    print(f"wrote {result['path']}: {start} (co-trained tensors sha256 {result['cotrained_digest']}), then "
+          f"{args.hint_steps} hint steps and {args.refine_steps} policy steps; sha256 of the tensors {result['digest']}")
     return result
 
 

@@ -119,3 +119,29 @@ def test_the_committed_cache_still_answers_every_run_of_the_default_harness():
     tasks, _ = abl.plan(abl.TABLE_KEYS, list(range(5)), base, grid_seeds=3)
     missing = [c["seed"] for c in tasks if abl.load_cached(abl.DEFAULT_CACHE, c) is None]
     assert len(tasks) > 100 and missing == []
+
+
+def test_the_same_command_runs_a_table_at_voc_scale_on_a_tiny_vocdevkit(tmp_path):
+    from test_continual import _voc_tree
+
+    root = _voc_tree(tmp_path / "data")
+    cache, out = tmp_path / "cache", tmp_path / "voc.md"
+    result = abl.main(["--preset", "voc-fcn-r50", "--data-root", str(root), "--tables", "6", "--seeds", "1",
+                       "--max-iters", "1", "--image-size", "32", "--batch-size", "2", "--val-size", "2", "--jobs", "1",
+                       "--model", "fcn_resnet_tiny", "--set", "pretrained_backbone=false", "--set", "attn_dim=32",
+                       "--set", "num_heads=4", "--set", "policy_hidden=16", "--set", "eval_batch_size=2",
+                       "--set", "num_workers=0",
+                       "--cache", str(cache), "--out", str(out), "--img-dir", str(tmp_path / "img"), "--no-estimate"])
+    base = result["meta"]["base_config"]
+    assert (base["dataset"], base["preset"], base["optimizer"], base["data_root"]) == ("voc", "voc-fcn-r50", "sgd",
+                                                                                      str(root))
+    rows = result["tables"]["6"]["rows"]
+    assert [r["n"] for r in rows] == [1, 1, 1, 1] and all(0.0 <= r["mean"] <= 100.0 for r in rows)
+    assert "Table 6 (left)" in out.read_text()
+
+
+def test_set_reads_json_values_and_refuses_unknown_fields():
+    assert abl.parse_sets(["lr=0.02", "pretrained_backbone=false", "model=fcn_resnet18"]) == {
+        "lr": 0.02, "pretrained_backbone": False, "model": "fcn_resnet18"}
+    with pytest.raises(SystemExit, match="TrainConfig field, got 'learning_rate=1'"):
+        abl.parse_sets(["learning_rate=1"])

@@ -11,7 +11,7 @@ import torch
 from gymnasium.error import ClosedEnvironmentError
 
 import envs  # noqa: F401  (registers the ids)
-from agents.pretrain import make_pretrained, pretrained_config
+from agents.pretrain import make_pretrained, presence_hint, pretrained_config
 from envs import SegBanditEnv, SegBanditTorchEnv, SegBanditVectorEnv
 from envs.evaluation import evaluate, reference_actions
 from segbandit.models import build_segmentor
@@ -65,6 +65,28 @@ def test_make_pretrained_is_reproducible_bit_for_bit(bundle_file, tmp_path):
     again = make_pretrained(tmp_path / "again.pt", _tiny_recipe(), refine_steps=2, log=lambda s: None)
     assert again["digest"] == bundle_file[1]["digest"]
     assert bundle_digest(load_bundle(tmp_path / "again.pt")) == again["digest"]
+
+
+def test_the_presence_hint_says_which_digits_a_mask_holds_and_ignores_void():
+    masks = torch.zeros(2, 4, 4, dtype=torch.long)
+    masks[0, 0, 0], masks[0, 1, 1], masks[1, 2, 2] = 3, 10, 255  # image 0 holds digits 3 and 10; image 1 only void
+    hint = presence_hint(masks, num_classes=11, channels=12, bound=3.0)  # (B, d)
+    assert hint.shape == (2, 12)
+    assert hint[0, :10].tolist() == [-3.0, -3.0, 3.0, -3.0, -3.0, -3.0, -3.0, -3.0, -3.0, 3.0]
+    assert (hint[1, :10] == -3.0).all() and (hint[:, 10:] == 0).all()  # void is no digit; spare channels stay 0
+    with pytest.raises(ValueError, match="at least K - 1 = 10"):
+        presence_hint(masks, num_classes=11, channels=8)
+
+
+def test_the_hint_construction_retrains_the_decoder_only_and_is_reproducible(bundle_file, tmp_path):
+    run = lambda name: make_pretrained(tmp_path / name, _tiny_recipe(), refine_steps=1, hint_steps=2,  # noqa: E731
+                                       start_from=bundle_file[0], log=lambda s: None)
+    first, second = run("a.pt"), run("b.pt")
+    assert first["digest"] == second["digest"] != bundle_file[1]["digest"]
+    before, after = load_bundle(bundle_file[0]), load_bundle(tmp_path / "a.pt")
+    changed = {k for k in before.segmentor if not torch.equal(before.segmentor[k], after.segmentor[k])}
+    assert changed and not any(k.startswith("backbone.") for k in changed)  # z, the observation, is unchanged
+    assert any(k.startswith("modulation.") for k in changed) and after.meta["hint_steps"] == 2
 
 
 def test_a_bundle_loads_with_its_stored_attention_width_frozen_in_eval_mode(bundle_file):
@@ -325,3 +347,12 @@ def test_reference_scores_are_what_the_shipped_segmentor_scores_now(env_id):
     for name in ("zero", "policy_mean"):
         got = evaluate(name, num_images=256, batch_size=64, **ENV_KWARGS[env_id])
         assert got["reward"] == pytest.approx(ref[name], abs=1e-3), name
+
+
+def test_hint_headroom_scores_the_hint_and_a_fitted_presence_policy_against_the_zero_action(bundle_file, tmp_path):
+    from benchmarks import hint_headroom as bench
+
+    res = bench.main(["--segmentor", str(bundle_file[0]), "--num-train", "16", "--num-images", "16", "--batch-size",
+                      "8", "--out", str(tmp_path / "h.json")])
+    assert set(res["rows"]) == {"zero", "hint", "fitted"} and res["rows"]["zero"]["gain"] == 0.0
+    assert 0.0 <= res["presence_accuracy"] <= 1.0 and (tmp_path / "h.json").exists()
