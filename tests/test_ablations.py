@@ -113,11 +113,13 @@ def test_rows_filter_plans_only_the_matching_rows():
     assert len(keys) == 2 * len(abl.TABLES["6"].rows)  # every row keeps its key for the report
 
 
-def test_the_committed_cache_still_answers_every_run_of_the_default_harness():
+@pytest.mark.parametrize("max_iters, cache", [(700, abl.DEFAULT_CACHE), (600, abl.DIGITS_600_CACHE)],
+                         ids=["default-700", "first-run-600"])
+def test_the_committed_cache_still_answers_every_run_of_the_default_harness(max_iters, cache):
     # a field added to TrainConfig must join LATER_FIELDS at its old value, or every cached run is retrained
-    base = abl.base_config(abl.HARNESS_DIGITS_PRESET)
+    base = abl.base_config(abl.HARNESS_DIGITS_PRESET, max_iters=max_iters)
     tasks, _ = abl.plan(abl.TABLE_KEYS, list(range(5)), base, grid_seeds=3)
-    missing = [c["seed"] for c in tasks if abl.load_cached(abl.DEFAULT_CACHE, c) is None]
+    missing = [(c["seed"], abl.config_key(c)) for c in tasks if abl.load_cached(cache, c) is None]
     assert len(tasks) > 100 and missing == []
 
 
