@@ -1,15 +1,18 @@
 """The shipped segmentor of ``SegBandit-v0``: co-train it with the main job's recipe, then keep its weights as a bundle.
 
-Two phases, both seeded:
+The phases, all seeded (docs/benchmark.md measures what each buys):
 
 1. :data:`PRETRAINED_RECIPE`: the digits preset with channel actions (``(B, d)``, the action of
    ``SegBanditPooled-v0``; a dense env broadcasts it), trained by :func:`agents.fit.fit` (Eq. 6).
-2. :func:`refine_policy`: the segmentor frozen, the co-trained policy alone is trained through it by the CE
-   gradient of the reparameterised action (``s = clamp(mu + sigma eps)`` in the env's action bound), so that the
-   shipped policy gains reward over ``s = 0`` on images it never saw (co-trained alone, its mean gains nothing
-   measurable: docs/benchmark.md).  It is the reference policy of ``segbandit.REFERENCE_SCORES``.
+2. :func:`train_on_hints` (the hint construction, :data:`HINT_STEPS`): the encoder kept, the modulation and decoder
+   retrained by CE with a label-derived channel action, the class-presence hint (:func:`presence_hint`), so that the
+   decoder relies on ``s`` for something the zero action does not say: which digits the image holds.
+3. :func:`imitate_hint` (:data:`IMITATE_STEPS`): the policy alone regressed on that hint from ``z``, the reference
+   policy of ``segbandit.REFERENCE_SCORES`` (what a policy that reads only ``z`` can gain).
+4. :func:`refine_policy` (off by default; the former shipped file used 300 steps after phase 1): the policy alone
+   trained through the frozen segmentor by the CE gradient of the reparameterised action.
 
-:func:`make_pretrained` runs both and writes a :class:`segbandit.pretrained.Bundle`; on one CPU thread the same seed
+:func:`make_pretrained` runs them and writes a :class:`segbandit.pretrained.Bundle`; on one CPU thread the same seed
 gives the same tensors bit for bit (``bundle_digest``).
 """
 from __future__ import annotations
@@ -39,11 +42,13 @@ from segbandit.pretrained import load_bundle, policy_from_bundle
 # 200), pinned so that the command keeps rebuilding that file bit for bit as the preset moves on.
 PRETRAINED_RECIPE: dict[str, Any] = dict(action_mode="channel", num_overlays=0, eval_stochastic=False,
                                          channels_last=False, **DIGITS_SCHEDULE_1400)
-REFINE_STEPS = 300  # phase 2: Adam steps on the policy alone (batch = the recipe's)
+REFINE_STEPS = 0  # refine_policy: Adam steps on the policy alone through the decoder's CE (the former shipped file: 300)
 REFINE_LR = 1e-3
-HINT_STEPS = 0  # the hint construction (train_on_hints): decoder steps with label-derived actions, 0 = off
+HINT_STEPS = 900  # the hint construction (train_on_hints): decoder steps with label-derived actions, 0 = off
 HINT_LR = 1e-3
-HINT_PROB = 0.5  # share of the images decoded with the hint (the rest with s = 0)
+HINT_PROB = 1.0  # share of the images decoded with the hint (the rest with s = 0)
+IMITATE_STEPS = 1500  # the hint construction's policy (imitate_hint): Adam steps regressing mu on the hint, 0 = off
+IMITATE_LR = 1e-3
 
 
 def pretrained_config(seed: int = 0, **overrides: Any) -> TrainConfig:
@@ -65,29 +70,41 @@ def bundle_from_trainer(trainer: Any, meta: Mapping[str, Any] | None = None) -> 
     )
 
 
-def _decoder_ce_steps(cfg: TrainConfig, steps: int, transition: BanditTransition, opt: torch.optim.Optimizer,
-                      action: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]) -> None:
-    """``steps`` optimiser steps of CE(decode(z, action(z, masks, generator)), y), one per shuffled training batch of
-    ``cfg`` (seeded); the encoder runs without gradient, so ``opt`` moves what the action and the decoder depend on."""
+Loss = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _training_steps(cfg: TrainConfig, steps: int, transition: BanditTransition, opt: torch.optim.Optimizer,
+                    loss: Loss) -> None:
+    """``steps`` optimiser steps of ``loss(features, masks, generator)``, one per shuffled training batch of ``cfg``
+    (seeded); the encoder runs without gradient, so ``opt`` moves only what reads its features."""
     train, *_ = build_datasets(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator)
-    segmentor = transition.segmentor
     done = 0
     while done < steps:
         for images, masks in loader:
             with torch.no_grad():
-                feats = transition.encode(images)
-            z = feats["out"]  # (B, d, h, w)
-            s = action(z, masks, generator)  # (B, d)
-            logits = transition.decode(z, s, tuple(masks.shape[-2:]), segmentor.skips(feats))  # (B, K, H, W)
-            loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+                feats = transition.encode(images)  # {"out": (B, d, h, w), skips}
+            value = loss(feats, masks, generator)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             opt.step()
             done += 1
             if done >= steps:
                 return
+
+
+def _decoder_ce(transition: BanditTransition,
+                action: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]) -> Loss:
+    """The loss CE(decode(z, action(z, masks, generator)), y) (Eq. 6's CE with the action in the decoder)."""
+
+    def loss(feats: dict[str, torch.Tensor], masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        z = feats["out"]  # (B, d, h, w)
+        s = action(z, masks, generator)  # (B, d)
+        logits = transition.decode(z, s, tuple(masks.shape[-2:]), transition.segmentor.skips(feats))  # (B, K, H, W)
+        return F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+
+    return loss
 
 
 def refine_policy(bundle: Bundle, cfg: TrainConfig, steps: int = REFINE_STEPS, lr: float = REFINE_LR,
@@ -104,7 +121,8 @@ def refine_policy(bundle: Bundle, cfg: TrainConfig, steps: int = REFINE_STEPS, l
         return (mu + log_std.exp() * eps).clamp(-bound, bound)  # the env's channel action (Eq. 11), in its bound
 
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    _decoder_ce_steps(cfg, steps, BanditTransition(segmentor, reward_fn=None), opt, sampled)
+    transition = BanditTransition(segmentor, reward_fn=None)
+    _training_steps(cfg, steps, transition, opt, _decoder_ce(transition, sampled))
     policy.eval()
     refined = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
     return dataclasses.replace(bundle, policy=refined, meta={**bundle.meta, "refine_steps": steps, "refine_lr": lr})
@@ -133,7 +151,7 @@ def train_on_hints(bundle: Bundle, cfg: TrainConfig, steps: int = HINT_STEPS, lr
     action ``s = presence_hint(y)`` on a ``hint_prob`` share of the images and ``s = 0`` on the rest.
 
     The decoder then reads from ``s`` which classes the image holds, something a policy can infer from ``z`` and the
-    zero action does not say; :func:`refine_policy` afterwards trains the policy to say it.  Returns the bundle with
+    zero action does not say; :func:`imitate_hint` afterwards trains the policy to say it.  Returns the bundle with
     the new segmentor weights (the policy unchanged)."""
     if not 0.0 < hint_prob <= 1.0:
         raise ValueError(f"hint_prob must be in (0, 1], got {hint_prob}")
@@ -147,11 +165,33 @@ def train_on_hints(bundle: Bundle, cfg: TrainConfig, steps: int = HINT_STEPS, lr
         return presence_hint(masks, k, d, bound) * keep[:, None]  # (B, d)
 
     opt = torch.optim.Adam(params, lr=lr)
-    _decoder_ce_steps(cfg, steps, BanditTransition(segmentor, reward_fn=None), opt, hinted)
+    transition = BanditTransition(segmentor, reward_fn=None)
+    _training_steps(cfg, steps, transition, opt, _decoder_ce(transition, hinted))
     segmentor.eval()
     weights = {name: v.detach().cpu().clone() for name, v in segmentor.state_dict().items()}
     meta = {**bundle.meta, "hint_steps": steps, "hint_lr": lr, "hint_prob": hint_prob}
     return dataclasses.replace(bundle, segmentor=weights, meta=meta)
+
+
+def imitate_hint(bundle: Bundle, cfg: TrainConfig, steps: int = IMITATE_STEPS, lr: float = IMITATE_LR,
+                 bound: float = DEFAULT_ACTION_BOUND) -> Bundle:
+    """The policy of the hint construction: Adam on the policy alone, min ||mu(z) - presence_hint(y)||^2 on the
+    training scenes (the segmentor frozen, its encoder giving z).  Its mean then estimates ``bound * (2 P(present | z)
+    - 1)`` per digit, the hint a policy that reads only z can give.  Returns the bundle with that policy."""
+    segmentor = freeze(build_from_bundle(bundle))
+    policy = policy_from_bundle(bundle, segmentor.latent_channels).train()
+    policy.requires_grad_(True)
+    k, d = int(segmentor.num_classes), int(segmentor.latent_channels)
+
+    def loss(feats: dict[str, torch.Tensor], masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        mu, _ = policy(feats["out"])  # (B, d)
+        return F.mse_loss(mu, presence_hint(masks, k, d, bound))
+
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    _training_steps(cfg, steps, BanditTransition(segmentor, reward_fn=None), opt, loss)
+    policy.eval()
+    imitated = {name: v.detach().cpu().clone() for name, v in policy.state_dict().items()}
+    return dataclasses.replace(bundle, policy=imitated, meta={**bundle.meta, "imitate_steps": steps, "imitate_lr": lr})
 
 
 def save_bundle(bundle: Bundle, path: str | os.PathLike) -> Path:
@@ -167,12 +207,14 @@ def make_pretrained(
     refine_lr: float = REFINE_LR,
     hint_steps: int = HINT_STEPS,
     hint_prob: float = HINT_PROB,
+    imitate_steps: int = IMITATE_STEPS,
     start_from: Any = None,
     workdir: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Co-train ``cfg`` (default :func:`pretrained_config`), train the decoder on hints (``hint_steps``, 0 = off),
-    refine its policy (``refine_steps``, 0 = off), write the bundle to ``path``; returns the fit result with
+    regress the policy on the hint (``imitate_steps``, 0 = off), refine it through the decoder (``refine_steps``,
+    0 = off), write the bundle to ``path``; returns the fit result with
     ``digest`` (:func:`segbandit.pretrained.bundle_digest`), ``cotrained_digest`` (before the later phases) and
     ``path``.  ``start_from``: a bundle source (:func:`segbandit.pretrained.load_bundle`) that replaces the
     co-training phase."""
@@ -197,6 +239,8 @@ def make_pretrained(
     cotrained = bundle_digest(bundle)
     if hint_steps > 0:
         bundle = train_on_hints(bundle, cfg, hint_steps, hint_prob=hint_prob)
+    if imitate_steps > 0:
+        bundle = imitate_hint(bundle, cfg, imitate_steps)
     if refine_steps > 0:
         bundle = refine_policy(bundle, cfg, refine_steps, refine_lr)
     digest = bundle_digest(bundle)
@@ -209,10 +253,13 @@ __all__ = [
     "HINT_LR",
     "HINT_PROB",
     "HINT_STEPS",
+    "IMITATE_LR",
+    "IMITATE_STEPS",
     "PRETRAINED_RECIPE",
     "REFINE_LR",
     "REFINE_STEPS",
     "bundle_from_trainer",
+    "imitate_hint",
     "make_pretrained",
     "presence_hint",
     "pretrained_config",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import runpy
 import statistics
 import sys
@@ -28,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agents.clients import ClientConfig, client_result, score_on_val, train_sb3, train_torchrl_ppo  # noqa: E402
+from agents.clients import ClientConfig, client_result, quick_config, score_on_val, train_sb3  # noqa: E402
+from agents.clients import train_torchrl_ppo  # noqa: E402
 from benchmarks import cleanrl_shim  # noqa: E402
 from benchmarks._common import ROOT, RESULTS, finish, machine  # noqa: E402
 from segbandit import POOLED_ENV_ID, REFERENCE_SCORES  # noqa: E402
@@ -158,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(RESULTS / "clients.json"))
     p.add_argument("--img", default=str(ROOT / "docs" / "img" / "benchmark_clients.png"))
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke runs (the tests)")
+    p.add_argument("--replace", action="store_true",
+                   help="keep the other clients' results in --out and replace only those of --clients (a rerun)")
     args = p.parse_args(argv)
     names = [c.strip() for c in args.clients.split(",") if c.strip()]
     bad = [c for c in names if c not in CLIENTS]
@@ -171,16 +176,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = []
     for name in names:
         for seed in range(args.seeds):
-            cfg = dataclasses.replace(ClientConfig(), timesteps=args.timesteps, seed=seed)
+            cfg = quick_config(dataclasses.replace(ClientConfig(), timesteps=args.timesteps, seed=seed, quick=args.quick))
             r = CLIENTS[name](cfg, args)
             print(f"{name} seed {seed}: gain {r['gain_after']:+.4f} (score {r['score_after']}) in {r['train_s']:.0f} s",
                   flush=True)
             results.append(r)
+    earlier: list[dict[str, Any]] = []
+    if args.replace and Path(args.out).exists():
+        earlier = [r for r in json.loads(Path(args.out).read_text())["results"] if r["client"] not in names]
+    results = earlier + results
     md = table(results)
     print(md)
     plot(results, Path(args.img))
-    payload = {"command": "python benchmarks/clients.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "wall_s": time.time() - t0, **info, "results": results, "table": md}
+    command = "python benchmarks/clients.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    payload = {"command": command, "wall_s": time.time() - t0, **info, "results": results, "table": md}
+    if earlier:
+        previous = json.loads(Path(args.out).read_text())
+        payload["earlier"] = {k: previous.get(k) for k in ("command", "wall_s", "time", "earlier")}
     finish(payload, args.out)
     return payload
 

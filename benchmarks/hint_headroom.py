@@ -1,8 +1,7 @@
 """How much a policy reading z can gain on a hint-constructed segmentor (issue 14's headroom, one construction).
 
-    python examples/make_pretrained.py --start-from segbandit/weights/digits_cotrained.pt --hint-steps 300 \
-        --hint-prob 1.0 --refine-steps 0 --weights /tmp/hint.pt
-    python benchmarks/hint_headroom.py --segmentor /tmp/hint.pt
+    python benchmarks/hint_headroom.py                           # the shipped segmentor (the hint construction)
+    python benchmarks/hint_headroom.py --segmentor /tmp/hint.pt  # another, e.g. from examples/make_pretrained.py
 
 On ``SegBanditPooled-v0`` with that segmentor, paired with the zero action on the same val scenes, it scores:
 
@@ -83,7 +82,8 @@ class _Standardise(torch.nn.Module):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--segmentor", required=True, help="a hint-constructed bundle (examples/make_pretrained.py)")
+    parser.add_argument("--segmentor", default="auto",
+                        help="a hint-constructed bundle (default: the shipped one; examples/make_pretrained.py)")
     parser.add_argument("--num-train", type=int, default=1024, help="training scenes the presence model is fitted on")
     parser.add_argument("--num-images", type=int, default=128, help="val scenes scored")
     parser.add_argument("--batch-size", type=int, default=64)

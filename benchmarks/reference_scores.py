@@ -3,7 +3,7 @@
     python benchmarks/reference_scores.py            # 256 val scenes, writes benchmarks/results/reference_scores.json
 
 For each id (its ``segbandit.ENV_KWARGS``, the shipped segmentor): the mean reward on the first 256 val scenes of
-the zero action, uniform random actions in the bound, the shipped co-trained policy at its mean and sampled, and the
+the zero action, uniform random actions in the bound, the shipped policy at its mean and sampled, and the
 label-aware oracle; the std of the reward across images; and the headroom (policy at its mean - zero, oracle -
 zero) in units of that spread.  The dict it prints is what ``segbandit.reference_scores.REFERENCE_SCORES`` holds.
 """
@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from benchmarks._common import RESULTS, finish, machine  # noqa: E402
 from envs.evaluation import evaluate  # noqa: E402
-from segbandit._registration import ENV_KWARGS  # noqa: E402
+from segbandit._registration import ENV_ID, ENV_KWARGS, POOLED_ENV_ID  # noqa: E402
 from segbandit.reference_scores import REFERENCE_POLICIES  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS / "reference_scores.json"))
     parser.add_argument("--segmentor", default="auto", help="weights to score (default: the shipped ones)")
-    parser.add_argument("--ids", default=",".join(ENV_KWARGS), help="comma list of env ids")
+    parser.add_argument("--ids", default=f"{ENV_ID},{POOLED_ENV_ID}", help="comma list of latent-bandit env ids")
     parser.add_argument("--policies", default=",".join(REFERENCE_POLICIES), help="comma list of reference policies")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

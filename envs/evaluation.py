@@ -3,7 +3,7 @@
 :func:`evaluate` runs a policy on the first ``num_images`` images of a split, in order (no shuffling, no
 augmentation), and scores every image twice, with the policy's action and with ``s = 0``, so the gain is paired
 image by image.  :func:`reference_actions` gives the reference policies behind ``segbandit.REFERENCE_SCORES``:
-the zero action, uniform random actions in the bound, the shipped co-trained policy at its mean and sampled, and a
+the zero action, uniform random actions in the bound, the shipped policy at its mean and sampled, and a
 label-aware oracle (gradient descent on ``s`` against the true mask, :func:`oracle_actions`).
 """
 from __future__ import annotations

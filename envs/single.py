@@ -22,6 +22,7 @@ import numpy as np
 from torch import Tensor
 
 from envs.vector import SegBanditVectorEnv
+from segbandit.reference_scores import reference_table
 
 
 def _item(value: Any) -> Any:
@@ -30,7 +31,44 @@ def _item(value: Any) -> Any:
 
 
 class SegBanditEnv(gym.Env):
-    """One image per step. Keyword arguments: those of :class:`envs.core.SegBanditConfig` (not ``num_envs``)."""
+    """One image per step. Keyword arguments: those of :class:`envs.core.SegBanditConfig` (not ``num_envs``).
+
+    ## Description
+    Semantic segmentation as a contextual bandit: an image's latent ``z`` (the frozen encoder's features) is the
+    context, the action is the modulation signal ``s`` the decoder reads beside ``z``, the reward scores the decoded
+    mask (Eq. 15). ``gym.make("SegBandit-v0")`` decodes with the shipped segmentor, whose decoder reads from ``s``
+    which digits an image holds (the hint construction, docs/benchmark.md): a policy that infers it from ``z`` gains
+    reward the zero action does not get.
+
+    ## Observation space
+    ``SegBandit-v0``: ``z``, ``Box(-inf, inf, (64, 16, 16), float32)``; ``SegBanditPooled-v0``: its spatial mean,
+    ``Box(-inf, inf, (64,), float32)``.
+
+    ## Action space
+    ``SegBandit-v0``: a dense signal ``Box(-inf, inf, (64, 16, 16), float32)`` (the paper's Gaussian action);
+    ``SegBanditPooled-v0``: one value per channel, ``Box(-3, 3, (64,), float32)``, broadcast over space (actions
+    are clipped to the bound).
+
+    ## Rewards
+    Eq. 15, ``IoU + Dice + 1 / (1 + CE) + boundary F1`` of the decoded mask, in [0, 4] (each term in ``info``);
+    ``SegBanditPooled-v0`` returns the paired gain ``r(s) - r(0)`` on the same image, in [-4, 4], with ``r(0)`` as
+    ``info["reward_zero"]``.
+
+    ## Starting state and episode end
+    ``reset(seed=...)`` seeds the image order (deterministic without augmentation). Every step scores one image;
+    ``SegBandit-v0`` terminates after each (a one-step bandit), ``SegBanditPooled-v0`` after 16 (``episode_length``).
+    No truncation.
+
+    ## Reference scores
+    Mean reward (Eq. 15, the plain reward for both ids) on the first 256 val scenes
+    (``segbandit.REFERENCE_SCORES``; ``segbandit.normalized_score``; ``python benchmarks/reference_scores.py``):
+
+    {reference_table}
+
+    ## Version history
+    - v0: the digits at 64 px, ``fcn_resnet_tiny`` with the shipped segmentor of the hint construction
+      (``segbandit/weights/digits_cotrained.pt``, ``python examples/make_pretrained.py``).
+    """
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 4}
     vector_cls: type = SegBanditVectorEnv  # the vector env this is a num_envs=1 view of
@@ -94,3 +132,8 @@ class SegBanditEnv(gym.Env):
 
 
 __all__ = ["SegBanditEnv"]
+
+
+# the spec sheet's reference scores, from the one constant that holds them
+if SegBanditEnv.__doc__:  # None under python -OO
+    SegBanditEnv.__doc__ = SegBanditEnv.__doc__.format(reference_table=reference_table().replace("\n", "\n    "))

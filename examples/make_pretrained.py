@@ -3,18 +3,17 @@
     python examples/make_pretrained.py
 
 It co-trains ``fcn_resnet_tiny`` with its latent policy by the main job's digits recipe with channel actions
-(``agents.pretrain.PRETRAINED_RECIPE``, seed 0), then refines the policy alone through the frozen segmentor
-(``agents.pretrain.refine_policy``), on one CPU thread, so that the same command gives the same tensors
-bit for bit (it prints their sha256, ``segbandit.pretrained.bundle_digest``; the shipped file's is in its
+(``agents.pretrain.PRETRAINED_RECIPE``, seed 0), retrains the decoder with the class-presence hint
+(``--hint-steps``, ``agents.pretrain.train_on_hints``), then regresses the policy alone on that hint
+(``--imitate-steps``, ``agents.pretrain.imitate_hint``), on one CPU thread, so that the same command gives the same
+tensors bit for bit (it prints their sha256, ``segbandit.pretrained.bundle_digest``; the shipped file's is in its
 ``meta["digest"]``).  Every main-job flag is accepted (``--seed``, ``--max-iters``, ...); ``--weights`` is where
 the bundle goes and ``--threads`` the intra-op threads (another count can change the last bits).
 
-``--hint-steps N`` adds the hint construction before the policy phase (``agents.pretrain.train_on_hints``: the
-decoder retrained with a label-derived class-presence action, docs/benchmark.md); ``--start-from W`` starts the later
-phases from existing weights instead of co-training, e.g.::
+``--start-from W`` starts the later phases from existing weights instead of co-training; the segmentor shipped
+before the hint construction is ``--hint-steps 0 --imitate-steps 0 --refine-steps 300`` (docs/benchmark.md), e.g.::
 
-    python examples/make_pretrained.py --start-from segbandit/weights/digits_cotrained.pt --hint-steps 300 \
-        --hint-prob 1.0 --refine-steps 0 --weights /tmp/hint.pt
+    python examples/make_pretrained.py --hint-steps 0 --imitate-steps 0 --refine-steps 300 --weights /tmp/v0.pt
 """
 from __future__ import annotations
 
@@ -28,7 +27,8 @@ import torch
 
 from agents.cli import build_parser
 from agents.config import config_from_args
-from agents.pretrain import HINT_PROB, HINT_STEPS, PRETRAINED_RECIPE, REFINE_LR, REFINE_STEPS, make_pretrained
+from agents.pretrain import HINT_PROB, HINT_STEPS, IMITATE_STEPS, PRETRAINED_RECIPE, REFINE_LR, REFINE_STEPS
+from agents.pretrain import make_pretrained
 from segbandit.pretrained import DEFAULT_PRETRAINED, WEIGHTS_DIR, PRETRAINED
 
 
@@ -38,12 +38,14 @@ def main(argv: list[str] | None = None) -> dict:
                         help="where the bundle is written (default: the shipped file)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: reproducible)")
     parser.add_argument("--refine-steps", type=int, default=REFINE_STEPS,
-                        help="phase 2: policy-only steps through the frozen segmentor (0 = off)")
-    parser.add_argument("--refine-lr", type=float, default=REFINE_LR, help="phase 2: Adam learning rate")
+                        help="policy-only steps through the frozen segmentor's CE, after the other phases (0 = off)")
+    parser.add_argument("--refine-lr", type=float, default=REFINE_LR, help="Adam learning rate of --refine-steps")
     parser.add_argument("--hint-steps", type=int, default=HINT_STEPS,
-                        help="the hint construction before phase 2: decoder steps with label-derived actions (0 = off)")
+                        help="the hint construction: decoder steps with the label-derived presence action (0 = off)")
     parser.add_argument("--hint-prob", type=float, default=HINT_PROB,
                         help="share of the images decoded with the hint during --hint-steps (the rest with s = 0)")
+    parser.add_argument("--imitate-steps", type=int, default=IMITATE_STEPS,
+                        help="the hint construction's policy: steps regressing the policy's mean on the hint (0 = off)")
     parser.add_argument("--start-from", default=None,
                         help="skip the co-training: start the later phases from these weights (bundle or ckpt_*.pt)")
     args = parser.parse_args(argv)
@@ -55,13 +57,15 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     try:
         result = make_pretrained(args.weights, cfg, refine_steps=args.refine_steps, refine_lr=args.refine_lr,
-                                 hint_steps=args.hint_steps, hint_prob=args.hint_prob, start_from=args.start_from)
+                                 hint_steps=args.hint_steps, hint_prob=args.hint_prob, imitate_steps=args.imitate_steps,
+                                 start_from=args.start_from)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     start = f"started from {args.start_from} (its val mIoU {100 * result['miou']:.2f})" if args.start_from else \
         f"val mIoU {100 * result['miou']:.2f} after {result['iterations']} iterations"
     print(f"wrote {result['path']}: {start} (co-trained tensors sha256 {result['cotrained_digest']}), then "
-          f"{args.hint_steps} hint steps and {args.refine_steps} policy steps; sha256 of the tensors {result['digest']}")
+          f"{args.hint_steps} hint steps, {args.imitate_steps} imitation steps and {args.refine_steps} refinement steps; "
+          f"sha256 of the tensors {result['digest']}")
     return result
 
 

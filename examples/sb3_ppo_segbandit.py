@@ -1,6 +1,6 @@
 """Stable-Baselines3 on ``SegBanditPooled-v0``: PPO, SAC or A2C learns the channel modulation of the shipped segmentor.
 
-The env is the RL-ready id (pooled latents (64,), channel actions in the bound, the shipped co-trained
+The env is the RL-ready id (pooled latents (64,), channel actions in the bound, the shipped
 ``fcn_resnet_tiny``, frozen), natively batched behind :class:`envs.SB3VecEnv`, with the paired reward
 ``r(s) - r(0)``; the agent is scored on the first 256 val scenes with its normalised score (``agents.clients``).
 

@@ -1,7 +1,7 @@
 """TorchRL's PPO tutorial pattern on ``SegBanditPooled-v0``: ``Collector``, ``ProbabilisticActor`` + ``TanhNormal``, ``GAE``,
 ``ClipPPOLoss`` and a replay buffer on the natively batched :class:`envs.SegBanditTorchEnv`.
 
-The env is the RL-ready id (pooled latents (64,), channel actions in the bound, the shipped co-trained
+The env is the RL-ready id (pooled latents (64,), channel actions in the bound, the shipped
 ``fcn_resnet_tiny``, frozen), natively batched as a TorchRL ``EnvBase``, with the paired reward
 ``r(s) - r(0)``; the agent is scored on the first 256 val scenes with its normalised score (``agents.clients``).
 

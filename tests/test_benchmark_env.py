@@ -11,7 +11,7 @@ import torch
 from gymnasium.error import ClosedEnvironmentError
 
 import envs  # noqa: F401  (registers the ids)
-from agents.pretrain import make_pretrained, presence_hint, pretrained_config
+from agents.pretrain import imitate_hint, make_pretrained, presence_hint, pretrained_config
 from envs import SegBanditEnv, SegBanditTorchEnv, SegBanditVectorEnv
 from envs.evaluation import evaluate, reference_actions
 from segbandit.models import build_segmentor
@@ -27,6 +27,7 @@ from segbandit.reference_scores import REFERENCE_SCORES, normalized_score
 
 SIZE = 32
 TINY = {"num_samples": 8}
+PHASES = dict(hint_steps=2, imitate_steps=2, refine_steps=2)  # every phase of the recipe, a few steps each
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,7 +42,7 @@ def _tiny_recipe(**kw):
 @pytest.fixture(scope="module")
 def bundle_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("bundle") / "tiny.pt"
-    result = make_pretrained(path, _tiny_recipe(), refine_steps=2, log=lambda s: None)
+    result = make_pretrained(path, _tiny_recipe(), **PHASES, log=lambda s: None)
     return path, result
 
 
@@ -62,7 +63,7 @@ def test_the_pretrained_recipe_is_the_one_the_shipped_file_records():
 
 
 def test_make_pretrained_is_reproducible_bit_for_bit(bundle_file, tmp_path):
-    again = make_pretrained(tmp_path / "again.pt", _tiny_recipe(), refine_steps=2, log=lambda s: None)
+    again = make_pretrained(tmp_path / "again.pt", _tiny_recipe(), **PHASES, log=lambda s: None)
     assert again["digest"] == bundle_file[1]["digest"]
     assert bundle_digest(load_bundle(tmp_path / "again.pt")) == again["digest"]
 
@@ -79,14 +80,38 @@ def test_the_presence_hint_says_which_digits_a_mask_holds_and_ignores_void():
 
 
 def test_the_hint_construction_retrains_the_decoder_only_and_is_reproducible(bundle_file, tmp_path):
-    run = lambda name: make_pretrained(tmp_path / name, _tiny_recipe(), refine_steps=1, hint_steps=2,  # noqa: E731
-                                       start_from=bundle_file[0], log=lambda s: None)
+    run = lambda name: make_pretrained(tmp_path / name, _tiny_recipe(), refine_steps=0, imitate_steps=0,  # noqa: E731
+                                       hint_steps=2, start_from=bundle_file[0], log=lambda s: None)
     first, second = run("a.pt"), run("b.pt")
     assert first["digest"] == second["digest"] != bundle_file[1]["digest"]
     before, after = load_bundle(bundle_file[0]), load_bundle(tmp_path / "a.pt")
     changed = {k for k in before.segmentor if not torch.equal(before.segmentor[k], after.segmentor[k])}
     assert changed and not any(k.startswith("backbone.") for k in changed)  # z, the observation, is unchanged
     assert any(k.startswith("modulation.") for k in changed) and after.meta["hint_steps"] == 2
+    assert all(torch.equal(before.policy[k], after.policy[k]) for k in before.policy)  # the policy is untouched
+
+
+def _hint_error(bundle, cfg) -> float:
+    """Mean squared distance of the bundle's policy mean from the presence hint on one training batch."""
+    from agents.datasets import build_datasets
+    from segbandit.pretrained import policy_from_bundle
+
+    seg = build_from_bundle(bundle).eval()
+    policy = policy_from_bundle(bundle, seg.latent_channels).eval()
+    train, *_ = build_datasets(cfg)
+    images, masks = map(torch.stack, zip(*(train[i] for i in range(8))))
+    with torch.no_grad():
+        mu, _ = policy(seg.encode(images))  # (8, d)
+    return float(((mu - presence_hint(masks, seg.num_classes, seg.latent_channels)) ** 2).mean())
+
+
+def test_the_hint_policy_is_regressed_on_the_hint_and_leaves_the_segmentor_alone(bundle_file):
+    cfg = _tiny_recipe()
+    before = load_bundle(bundle_file[0])
+    after = imitate_hint(before, cfg, steps=30, lr=3e-3)
+    assert _hint_error(after, cfg) < 0.5 * _hint_error(before, cfg)  # mu(z) moves toward bound * (2 P(present) - 1)
+    assert all(torch.equal(before.segmentor[k], after.segmentor[k]) for k in before.segmentor)
+    assert after.meta["imitate_steps"] == 30
 
 
 def test_a_bundle_loads_with_its_stored_attention_width_frozen_in_eval_mode(bundle_file):
@@ -283,6 +308,21 @@ def test_client_example_quick_run_prints_its_scores(script, capsys):
     assert result["timesteps"] >= 64 and np.isfinite(result["reward_after"]) and result["curve"]
 
 
+def test_clients_benchmark_reruns_one_client_and_keeps_the_others(tmp_path):
+    import json
+
+    from benchmarks import clients as bench
+
+    common = ["--seeds", "1", "--quick", "--out", str(tmp_path / "c.json"), "--img", str(tmp_path / "c.png")]
+    first = bench.main(["--clients", "sb3_ppo,torchrl_ppo", *common])
+    again = bench.main(["--clients", "torchrl_ppo", "--replace", *common])
+    sb3 = [r for r in again["results"] if r["client"] == "sb3_ppo"]
+    kept = json.loads(json.dumps([r for r in first["results"] if r["client"] == "sb3_ppo"]))  # as the file holds it
+    assert sb3 == kept
+    assert [r["client"] for r in again["results"]] == ["sb3_ppo", "torchrl_ppo"]
+    assert "| sb3_ppo | 1 |" in again["table"] and again["earlier"]["command"].endswith("c.png")
+
+
 def test_rgb_array_render_shows_image_truth_and_prediction_side_by_side(bundle_file):
     from gymnasium.utils.env_checker import check_env
 
@@ -322,13 +362,31 @@ def test_evaluate_pairs_a_policy_with_the_zero_action_on_fixed_images(bundle_fil
     assert mine["gain"] == pytest.approx(mine["reward"] - mine["reward_zero"], abs=1e-6)
 
 
-def test_the_oracle_uses_the_labels_to_beat_the_zero_action(bundle_file):
+def test_the_oracle_uses_the_labels_to_lower_the_ce_below_the_zero_actions(bundle_file):
+    import torch.nn.functional as F
+
+    from envs.evaluation import oracle_actions
+
     env = _env(bundle_file, action_mode="channel", num_envs=4)
     env.reset(seed=0)
     core = env.core
-    oracle = core.score(reference_actions(core, "oracle"))["reward"]
-    zero = core.score(core.zero_action())["reward"]
-    assert float((oracle - zero).mean()) > 0.0
+
+    def ce(s):
+        logits = core.transition.decode(core.latents, s, core.image_size, core.skips)  # (B, K, H, W)
+        return float(F.cross_entropy(logits, core.masks, ignore_index=255))
+
+    oracle = oracle_actions(core)  # Adam on s against the true mask, from s = 0
+    with torch.no_grad():
+        assert ce(oracle) < ce(core.zero_action())
+    assert reference_actions(core, "oracle").shape == (4, core.action_shape[0])
+
+
+def test_the_env_docstring_is_a_spec_sheet_with_the_reference_scores():
+    doc = SegBanditEnv.__doc__
+    for section in ("## Observation space", "## Action space", "## Rewards", "## Reference scores", "## Version history"):
+        assert section in doc
+    for env_id, ref in REFERENCE_SCORES.items():
+        assert f"`{env_id}`" in doc and all(f"{v:.4f}" in doc for v in ref.values())
 
 
 def test_normalized_score_maps_zero_to_0_and_the_co_trained_policy_to_100():

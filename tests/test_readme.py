@@ -70,3 +70,9 @@ def test_benchmark_doc_evaluate_example_scores_the_zero_action_at_zero():
     proc = _run(blocks[0])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0.0", "0.0"]
+
+
+def test_readme_reference_scores_table_is_the_constants():
+    from segbandit.reference_scores import reference_table
+
+    assert reference_table() in (ROOT / "README.md").read_text()
