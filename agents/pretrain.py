@@ -35,6 +35,7 @@ from agents.datasets import build_datasets
 from agents.fit import fit
 from envs.transition import BanditTransition
 from segbandit.constants import DEFAULT_ACTION_BOUND, IGNORE_INDEX
+from segbandit.policy import LatentPolicy
 from segbandit.pretrained import POLICY_KEYS, SEGMENTOR_KEYS, Bundle, build_from_bundle, bundle_digest, freeze
 from segbandit.pretrained import load_bundle, policy_from_bundle
 
@@ -107,25 +108,35 @@ def _decoder_ce(transition: BanditTransition,
     return loss
 
 
-def refine_policy(bundle: Bundle, cfg: TrainConfig, steps: int = REFINE_STEPS, lr: float = REFINE_LR,
-                  bound: float = DEFAULT_ACTION_BOUND) -> Bundle:
-    """Phase 2: Adam on the policy only, min CE(decode(z, clamp(mu + sigma eps, -bound, bound)), y) on the training
-    scenes, the segmentor frozen (eval mode, no gradient).  Returns the bundle with the refined policy."""
+def _train_policy(bundle: Bundle, cfg: TrainConfig, steps: int, lr: float,
+                  make_loss: Callable[[BanditTransition, LatentPolicy], Loss], meta: dict[str, Any]) -> Bundle:
+    """Adam on the bundle's policy alone for ``steps`` training batches of ``make_loss(transition, policy)``, the
+    segmentor frozen (eval mode, no gradient).  Returns the bundle with the trained policy and ``meta`` recorded."""
     segmentor = freeze(build_from_bundle(bundle))
     policy = policy_from_bundle(bundle, segmentor.latent_channels).train()
     policy.requires_grad_(True)
-
-    def sampled(z: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        mu, log_std = policy(z)  # (B, d) each
-        eps = torch.randn(mu.shape, generator=generator)
-        return (mu + log_std.exp() * eps).clamp(-bound, bound)  # the env's channel action (Eq. 11), in its bound
-
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
     transition = BanditTransition(segmentor, reward_fn=None)
-    _training_steps(cfg, steps, transition, opt, _decoder_ce(transition, sampled))
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    _training_steps(cfg, steps, transition, opt, make_loss(transition, policy))
     policy.eval()
-    refined = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
-    return dataclasses.replace(bundle, policy=refined, meta={**bundle.meta, "refine_steps": steps, "refine_lr": lr})
+    trained = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
+    return dataclasses.replace(bundle, policy=trained, meta={**bundle.meta, **meta})
+
+
+def refine_policy(bundle: Bundle, cfg: TrainConfig, steps: int = REFINE_STEPS, lr: float = REFINE_LR,
+                  bound: float = DEFAULT_ACTION_BOUND) -> Bundle:
+    """Adam on the policy only, min CE(decode(z, clamp(mu + sigma eps, -bound, bound)), y) on the training scenes,
+    the segmentor frozen (eval mode, no gradient).  Returns the bundle with the refined policy."""
+
+    def make_loss(transition: BanditTransition, policy: LatentPolicy) -> Loss:
+        def sampled(z: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            mu, log_std = policy(z)  # (B, d) each
+            eps = torch.randn(mu.shape, generator=generator)
+            return (mu + log_std.exp() * eps).clamp(-bound, bound)  # the env's channel action (Eq. 11), in its bound
+
+        return _decoder_ce(transition, sampled)
+
+    return _train_policy(bundle, cfg, steps, lr, make_loss, {"refine_steps": steps, "refine_lr": lr})
 
 
 def presence_hint(masks: torch.Tensor, num_classes: int, channels: int, bound: float = DEFAULT_ACTION_BOUND) -> torch.Tensor:
@@ -178,20 +189,17 @@ def imitate_hint(bundle: Bundle, cfg: TrainConfig, steps: int = IMITATE_STEPS, l
     """The policy of the hint construction: Adam on the policy alone, min ||mu(z) - presence_hint(y)||^2 on the
     training scenes (the segmentor frozen, its encoder giving z).  Its mean then estimates ``bound * (2 P(present | z)
     - 1)`` per digit, the hint a policy that reads only z can give.  Returns the bundle with that policy."""
-    segmentor = freeze(build_from_bundle(bundle))
-    policy = policy_from_bundle(bundle, segmentor.latent_channels).train()
-    policy.requires_grad_(True)
-    k, d = int(segmentor.num_classes), int(segmentor.latent_channels)
 
-    def loss(feats: dict[str, torch.Tensor], masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        mu, _ = policy(feats["out"])  # (B, d)
-        return F.mse_loss(mu, presence_hint(masks, k, d, bound))
+    def make_loss(transition: BanditTransition, policy: LatentPolicy) -> Loss:
+        k, d = int(transition.segmentor.num_classes), int(transition.segmentor.latent_channels)
 
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    _training_steps(cfg, steps, BanditTransition(segmentor, reward_fn=None), opt, loss)
-    policy.eval()
-    imitated = {name: v.detach().cpu().clone() for name, v in policy.state_dict().items()}
-    return dataclasses.replace(bundle, policy=imitated, meta={**bundle.meta, "imitate_steps": steps, "imitate_lr": lr})
+        def loss(feats: dict[str, torch.Tensor], masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            mu, _ = policy(feats["out"])  # (B, d)
+            return F.mse_loss(mu, presence_hint(masks, k, d, bound))
+
+        return loss
+
+    return _train_policy(bundle, cfg, steps, lr, make_loss, {"imitate_steps": steps, "imitate_lr": lr})
 
 
 def save_bundle(bundle: Bundle, path: str | os.PathLike) -> Path:

@@ -181,9 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{name} seed {seed}: gain {r['gain_after']:+.4f} (score {r['score_after']}) in {r['train_s']:.0f} s",
                   flush=True)
             results.append(r)
-    earlier: list[dict[str, Any]] = []
-    if args.replace and Path(args.out).exists():
-        earlier = [r for r in json.loads(Path(args.out).read_text())["results"] if r["client"] not in names]
+    previous = json.loads(Path(args.out).read_text()) if args.replace and Path(args.out).exists() else {}
+    earlier = [r for r in previous.get("results", []) if r["client"] not in names]
     results = earlier + results
     md = table(results)
     print(md)
@@ -191,7 +190,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = "python benchmarks/clients.py " + " ".join(argv if argv is not None else sys.argv[1:])
     payload = {"command": command, "wall_s": time.time() - t0, **info, "results": results, "table": md}
     if earlier:
-        previous = json.loads(Path(args.out).read_text())
         payload["earlier"] = {k: previous.get(k) for k in ("command", "wall_s", "time", "earlier")}
     finish(payload, args.out)
     return payload

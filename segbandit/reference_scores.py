@@ -3,8 +3,9 @@
 Each entry is the mean reward (Eq. 15, in [0, 4]) on the first 256 val scenes of the embedded digits (64 px), with
 the shipped segmentor (``segbandit.pretrained.DEFAULT_PRETRAINED``), of: the zero action, uniform random actions in
 the action bound, the shipped policy (the hint construction's, ``agents.pretrain.imitate_hint``) at its mean and
-sampled, and the label-aware oracle (Adam on ``s`` against the true mask, ``envs.evaluation.oracle_actions``).  Measured by ``python benchmarks/reference_scores.py``
-(docs/benchmark.md); ``tests/test_benchmark_env.py`` re-measures the zero action and the policy at its mean.
+sampled, and the label-aware oracle (Adam on ``s`` against the true mask, ``envs.evaluation.oracle_actions``).
+Measured by ``python benchmarks/reference_scores.py`` (docs/benchmark.md); ``tests/test_benchmark_env.py``
+re-measures the zero action and the policy at its mean.
 
 ``normalized_score(r) = 100 * (r - zero) / (policy_mean - zero)``: the zero action scores 0, the shipped policy 100
 (with the zero action's reward on the same images, the paired gain on the reference's scale).

@@ -14,6 +14,7 @@ import envs  # noqa: F401  (registers the ids)
 from agents.pretrain import imitate_hint, make_pretrained, presence_hint, pretrained_config
 from envs import SegBanditEnv, SegBanditTorchEnv, SegBanditVectorEnv
 from envs.evaluation import evaluate, reference_actions
+from segbandit.constants import IGNORE_INDEX
 from segbandit.models import build_segmentor
 from segbandit.pretrained import (
     DEFAULT_PRETRAINED,
@@ -373,7 +374,7 @@ def test_the_oracle_uses_the_labels_to_lower_the_ce_below_the_zero_actions(bundl
 
     def ce(s):
         logits = core.transition.decode(core.latents, s, core.image_size, core.skips)  # (B, K, H, W)
-        return float(F.cross_entropy(logits, core.masks, ignore_index=255))
+        return float(F.cross_entropy(logits, core.masks, ignore_index=IGNORE_INDEX))
 
     oracle = oracle_actions(core)  # Adam on s against the true mask, from s = 0
     with torch.no_grad():
