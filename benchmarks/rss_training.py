@@ -16,6 +16,7 @@ the same start, and the paired difference to ``image + PSR + PSD`` with its t st
 (``benchmarks/results/rss_training/``) and the script resumes from the cache.
 
     python benchmarks/rss_training.py                   # 3 seeds x 13 rows + 3 warm starts; the time is in docs/rss.md
+    python benchmarks/rss_training.py --seeds 0 --starts warm --rows "image + PSD" --set lr=0.001 --set rss_samples=16
     python benchmarks/rss_training.py --iters 16 --warm-iters 8 --seeds 0 --train-size 64 --val-size 32 --cache /tmp/rss --out /tmp/rss.json   # smoke
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import RESULTS, finish, machine  # noqa: E402
-from ablations import _atomic_write_json, config_key, load_cached, paired_t, train_and_evaluate  # noqa: E402
+from ablations import _atomic_write_json, config_key, load_cached, paired_t, parse_sets, train_and_evaluate  # noqa: E402
 from agents.checkpoint import checkpoint_name  # noqa: E402
 from agents.config import make_config, to_dict  # noqa: E402
 
@@ -93,8 +94,10 @@ def measure(args: argparse.Namespace, log=print) -> dict[str, Any]:
     cache.mkdir(parents=True, exist_ok=True)
     budget = dict(max_iters=args.iters, train_size=args.train_size, val_size=args.val_size,
                   warmup_iters=min(100, args.iters // 8))  # fmt: skip
-    table = rows(args.iters)
-    results: dict[str, dict[str, dict[int, float]]] = {"scratch": {}, "warm": {}}
+    extra = parse_sets(args.set)
+    table = {label: {**overrides, **extra} for label, overrides in rows(args.iters).items() if label in args.rows}
+    starts = [s for s in ("scratch", "warm") if s in args.starts]
+    results: dict[str, dict[str, dict[int, float]]] = {s: {} for s in starts}
     t0 = time.perf_counter()
     for seed in args.seeds:
         warm_dir = cache / "warm" / f"ce{args.warm_iters}-seed{seed}"
@@ -103,10 +106,12 @@ def measure(args: argparse.Namespace, log=print) -> dict[str, Any]:
         warm_ckpt = str(warm_dir / checkpoint_name(args.warm_iters))
         for label, overrides in table.items():
             for start, init in (("scratch", None), ("warm", warm_ckpt)):
-                res = cached_run(run_config({**overrides, "init_from": init}, seed, budget), cache, log=log)
-                results[start].setdefault(label, {})[seed] = 100 * res["miou"]
-        res = cached_run(run_config({"schedule": "rl_only"}, seed, budget), cache, log=log)
-        results["scratch"].setdefault(RL_ONLY, {})[seed] = 100 * res["miou"]
+                if start in starts:
+                    res = cached_run(run_config({**overrides, "init_from": init}, seed, budget), cache, log=log)
+                    results[start].setdefault(label, {})[seed] = 100 * res["miou"]
+        if RL_ONLY in args.rows and "scratch" in starts:
+            res = cached_run(run_config({"schedule": "rl_only", **extra}, seed, budget), cache, log=log)
+            results["scratch"].setdefault(RL_ONLY, {})[seed] = 100 * res["miou"]
     return {"results": results, "budget": budget, "warm_iters": args.warm_iters, "seeds": list(args.seeds),
             "seconds": time.perf_counter() - t0}  # fmt: skip
 
@@ -115,13 +120,14 @@ def summarize(measured: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Per start: each row's mean ± std mIoU, fraction of CE, paired delta to the reference with its t."""
     out: dict[str, list[dict[str, Any]]] = {}
     for start, table in measured["results"].items():
-        ce = table["CE (full labels)"]
+        ce = table.get("CE (full labels)", {})
         ref = table.get(REFERENCE, {})
         out[start] = []
         for label, per_seed in table.items():
             seeds = sorted(per_seed)
             mean, std = _mean_std([per_seed[s] for s in seeds])
-            frac = statistics.fmean(per_seed[s] / ce[s] for s in seeds if s in ce and ce[s] > 0)
+            fracs = [per_seed[s] / ce[s] for s in seeds if s in ce and ce[s] > 0]
+            frac = statistics.fmean(fracs) if fracs else math.nan  # no CE row run: no fraction
             deltas = [per_seed[s] - ref[s] for s in seeds if s in ref]
             d_mean, d_std = _mean_std(deltas) if deltas and label != REFERENCE else (math.nan, math.nan)
             out[start].append({"row": label, "miou": mean, "std": std, "of_ce": frac, "delta": d_mean,
@@ -135,6 +141,8 @@ def markdown(summary: dict[str, list[dict[str, Any]]], measured: dict[str, Any],
              f"scenes, seeds {measured['seeds']}; warm start = {measured['warm_iters']} CE iterations. Predicting "
              f"background everywhere: {background:.1f} % mIoU.", ""]  # fmt: skip
     for start, title in (("scratch", "from scratch"), ("warm", f"warm-started from {measured['warm_iters']} CE iterations")):
+        if start not in summary:
+            continue
         lines += [f"**{title}**", "", f"| row | val mIoU (%) | of CE | Δ vs {REFERENCE} (t) | per seed |",
                   "|---|---:|---:|---:|---|"]  # fmt: skip
         for r in summary[start]:
@@ -170,7 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=int, default=256, help="val scenes")
     p.add_argument("--cache", default=str(RESULTS / "rss_training"), help="folder of the cached runs")
     p.add_argument("--out", default=str(RESULTS / "rss_training.json"))
+    p.add_argument("--rows", type=_row_list, default=[*rows(300), RL_ONLY],
+                   help="comma list of row labels to run (default all)")
+    p.add_argument("--starts", type=lambda v: v.split(","), default=["scratch", "warm"],
+                   help="comma list of scratch, warm (default both)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a TrainConfig field for every objective row (not the warm start), e.g. --set rss_samples=16")
     return p
+
+
+def _row_list(value: str) -> list[str]:
+    valid = [*rows(300), RL_ONLY]
+    labels = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in labels if v not in valid]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown row(s) {bad}; valid labels: {', '.join(valid)}")
+    return labels
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

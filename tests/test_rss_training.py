@@ -157,3 +157,19 @@ def test_resuming_an_rss_run_continues_it_exactly(tmp_path):
         assert torch.equal(tensor, b["segmentor"][name]), name
     assert a["psr"] == b["psr"]
     assert [float(r["psr_scale"]) for r in rows(resumed / "metrics.csv")] == [4.0, 1.0]
+
+
+def test_rss_benchmark_runs_only_the_chosen_rows_and_starts_with_the_set_fields(tmp_path):
+    import json
+
+    from benchmarks import rss_training as bench
+
+    summary = bench.main(["--iters", "2", "--warm-iters", "2", "--seeds", "0", "--train-size", "16", "--val-size", "8",
+                          "--rows", "image + PSD", "--starts", "warm", "--set", "rss_samples=2",
+                          "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "r.json")])
+    assert list(summary) == ["warm"] and [r["row"] for r in summary["warm"]] == ["image + PSD"]
+    configs = [json.loads(p.read_text())["config"] for p in (tmp_path / "c").glob("*.json")]
+    # the warm start (CE) keeps its own config; only the chosen row gets --set
+    assert sorted((c["objective"], c["rss_samples"]) for c in configs) == [("latent_rl", 4), ("rss", 2)]
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--rows", "no such row"])
