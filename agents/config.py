@@ -104,6 +104,12 @@ def _image_reward_names() -> list[str]:
     return sorted(IMAGE_REWARDS)
 
 
+def _psr_mode_names() -> list[str]:
+    from segbandit.rss import PSR_MODES
+
+    return list(PSR_MODES)
+
+
 def _continual_method_names() -> list[str]:
     from agents.continual import METHODS
 
@@ -267,6 +273,10 @@ class TrainConfig:
                                                    group="reward-only segmentation", none_words=("none",))
     psr_patience: int = _knob(50, "rss plateau schedule: updates without a gain of 1e-3 in the finest active scale's "
                                   "reward before moving on", group="reward-only segmentation")
+    psr_mode: str = _knob("grid", "rss image level: how PSR's factors act: grid (actions on an f-times average-pooled "
+                                  "logit grid, mode-pooled target; the issue's form) or window (full-size actions, the "
+                                  "image reward of each window of an f x f tiling; our variant)",
+                          group="reward-only segmentation", choices=_psr_mode_names)
     psr_cumulative: bool = _knob(True, "rss: keep training the coarser scales (each with its own reward) after "
                                        "moving on", group="reward-only segmentation")
     rss_normalize: bool = _knob(True, "rss: normalise advantages by their global (all-rank) statistics",
@@ -365,7 +375,8 @@ class TrainConfig:
             raise ValueError(f"objective rss trains the segmentor itself as the pixel policy: it needs modulation "
                              f"'none', got {self.modulation!r}")
         RSSConfig(level=self.reward_level, num_samples=self.rss_samples, temperature=self.rss_temperature,
-                  psd=self.psd, normalize=self.rss_normalize, reward=self.rss_reward)  # raises on a bad value
+                  psd=self.psd, normalize=self.rss_normalize, reward=self.rss_reward,
+                  psr_mode=self.psr_mode)  # raises on a bad value
         ScaleSchedule(self.psr_scales, self.psr_milestones or (), self.psr_patience, cumulative=self.psr_cumulative)
         check_scales(self.psr_scales, self.crop_size, self.crop_size)
 

@@ -308,7 +308,8 @@ class CoTrainer:
         self.scales: ScaleSchedule | None = None  # its PSR schedule
         if cfg.objective == "rss":
             self.rss = RSSConfig(level=cfg.reward_level, num_samples=cfg.rss_samples, temperature=cfg.rss_temperature,
-                                 psd=cfg.psd, normalize=cfg.rss_normalize, reward=cfg.rss_reward)  # fmt: skip
+                                 psd=cfg.psd, normalize=cfg.rss_normalize, reward=cfg.rss_reward,
+                                 psr_mode=cfg.psr_mode)  # fmt: skip
             self.scales = ScaleSchedule(cfg.psr_scales, cfg.psr_milestones or (), cfg.psr_patience,
                                         cumulative=cfg.psr_cumulative)  # fmt: skip
             # the label maps' noise: each rank draws its own (its images differ), from the checkpointed generator

@@ -118,7 +118,7 @@ LATER_FIELDS: dict[str, Any] = {
     "ratio_clip": "action", "policy_log_std_init": 0.0,  # issue 14
     "init_from": None, "objective": "latent_rl", "reward_level": "image", "rss_samples": 4, "rss_temperature": 1.0,
     "rss_reward": "miou", "psd": True, "psr_scales": [16, 8, 4, 1], "psr_milestones": None, "psr_patience": 50,
-    "psr_cumulative": True, "rss_normalize": True,  # issue 15
+    "psr_cumulative": True, "rss_normalize": True, "psr_mode": "grid",  # issue 15
     "backbone_lr_mult": 1.0, "head_lr_mult": 1.0, "norm_weight_decay": None,  # issue 16
     "eval_domains": "", "task": None, "continual_method": "plop+rl", "overlap": True, "step_iters": None,
     "step_lr_mult": 0.1, "pod_factor": 0.01, "pod_logits_factor": 0.0005, "pod_scales": [1, 2, 4],

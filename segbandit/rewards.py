@@ -38,6 +38,7 @@ __all__ = [
     "confusion_per_image",
     "dice_reward",
     "iou_reward",
+    "target_iou_reward",
     "parse_reward_weights",
 ]
 
@@ -187,6 +188,18 @@ def iou_reward(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int
     """
     conf = confusion_per_image(pred, target, num_classes, ignore_index)  # (B, K, K)
     return _iou_from_confusion(conf)
+
+
+def target_iou_reward(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Per-image mean IoU over the classes present in the target only (non-void pixels).
+
+    A class predicted but absent from the target adds no zero term of its own; its pixels still lower the IoU of the
+    classes they were taken from.  pred, target: (B, H, W) integer.  Returns (B,) float32 in [0, 1]; 0.0 for an
+    all-void image.
+    """
+    conf = confusion_per_image(pred, target, num_classes, ignore_index)  # (B, K, K)
+    tp, fp, fn = _tp_fp_fn(conf)
+    return _mean_over_present(tp / (tp + fp + fn).clamp(min=1), conf.sum(2) > 0)
 
 
 def dice_reward(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:

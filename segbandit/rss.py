@@ -7,9 +7,13 @@ formula below is our design consistent with it, listed in docs/rss.md:
 * pixel-level reward r_p = 1[a_p = y_p] with the per-pixel baseline b_p = pi(y_p | x), so A_p = r_p - pi(y_p | x);
 * image-level reward: one scalar per sampled map (per-image mIoU by default, or any callable
   ``reward(pred (N, H, W), target (N, H, W)) -> (N,)``), G maps per image, baseline = mean of the other samples;
-* PSR (progressive scale reward): the policy acts on an average-pooled logit grid (1/16 -> 1/8 -> 1/4 -> 1/1 of
-  the image), scored against the mode-pooled target; every active scale's log-probability is weighted by its
+* PSR (progressive scale reward), two forms (``PSR_MODES``):
+  ``"grid"`` (the issue's written form): the policy acts on an average-pooled logit grid (1/16 -> 1/8 -> 1/4 -> 1/1
+  of the image), scored against the mode-pooled target; every active scale's log-probability is weighted by its
   own reward;
+  ``"window"`` (our variant): the policy acts at full size; at factor f the image reward scores each window of an
+  f x f tiling of the sampled map, and every pixel is credited through its own window's reward (small windows to
+  the whole image, f = 1 being the plain image-level reward);
 * PSD (pairwise spatial discrepancy): A^i_p = mean_{j != i} (R_i - R_j) 1[a^i_p != a^j_p]: a pixel where the
   samples agree gets no credit;
 * advantages are normalised by their mean and std over every rank of a ``torchrun`` job.
@@ -27,11 +31,14 @@ from torch import Tensor
 
 from segbandit.constants import IGNORE_INDEX
 from segbandit.distributed import SINGLE, DistInfo, all_reduce_sum
-from segbandit.rewards import boundary_reward, dice_reward, iou_reward
+from segbandit.rewards import boundary_reward, dice_reward, iou_reward, target_iou_reward
 
 ImageReward = Callable[[Tensor, Tensor], Tensor]  # (N, H, W) pred, (N, H, W) target -> (N,)
 
 REWARD_LEVELS: tuple[str, ...] = ("pixel", "image")
+# How PSR uses its scale factors f (docs/rss.md): "grid" acts on an f-times average-pooled logit grid against the
+# mode-pooled target (the issue's form); "window" acts at full size and scores each window of an f x f tiling.
+PSR_MODES: tuple[str, ...] = ("grid", "window")
 
 
 def _check_logits(logits: Tensor) -> None:
@@ -226,6 +233,10 @@ def _miou(num_classes: int) -> ImageReward:
     return lambda pred, target: iou_reward(pred, target, num_classes)
 
 
+def _miou_target(num_classes: int) -> ImageReward:
+    return lambda pred, target: target_iou_reward(pred, target, num_classes)
+
+
 def _dice(num_classes: int) -> ImageReward:
     return lambda pred, target: dice_reward(pred, target, num_classes)
 
@@ -236,7 +247,11 @@ def _boundary(num_classes: int) -> ImageReward:
 
 # name -> factory(num_classes) -> reward(pred (N, H, W), target (N, H, W)) -> (N,) in [0, 1].  The CE term of the
 # composite reward needs probabilities, which a sampled label map does not have, so it is not an image reward here.
-IMAGE_REWARDS: dict[str, Callable[[int], ImageReward]] = {"miou": _miou, "dice": _dice, "boundary": _boundary}
+# "miou" averages over the classes in the prediction or the target (a predicted class absent from the target scores a
+# zero of its own), "miou_target" over the target's classes only (a wrong label only lowers the IoU it was taken from).
+IMAGE_REWARDS: dict[str, Callable[[int], ImageReward]] = {
+    "miou": _miou, "miou_target": _miou_target, "dice": _dice, "boundary": _boundary,
+}
 
 
 def make_image_reward(name: str, num_classes: int) -> ImageReward:
@@ -268,22 +283,54 @@ def image_rewards(
     return flat.view(g, b)
 
 
+def _tiles(x: Tensor, factor: int) -> Tensor:
+    """(..., H, W) -> (..., f, f, H / f, W / f): the f x f tiling of the last two dimensions, windows row-major."""
+    h, w = x.shape[-2:]
+    t = x.unflatten(-1, (factor, w // factor)).unflatten(-3, (factor, h // factor))  # (..., f, H/f, f, W/f)
+    return t.transpose(-3, -2)  # (..., f, f, H/f, W/f)
+
+
+def window_rewards(
+    reward_fn: ImageReward, actions: Tensor, target: Tensor, factor: int, low: float = 0.0, high: float = 1.0
+) -> Tensor:
+    """The image reward of every window of an f x f tiling, spread over the window's pixels (window-form PSR).
+
+    actions: (G, B, H, W); target: (B, H, W) -> (G, B, H, W) float32, each pixel holding its window's reward
+    (``factor`` 1: the image reward everywhere).  The callable sees the windows as images of (H / f, W / f) and is
+    checked as in :func:`image_rewards`.
+    """
+    g, b, h, w = actions.shape
+    check_scales([factor], h, w)
+    if tuple(target.shape) != (b, h, w):
+        raise ValueError(f"expected a target of shape {(b, h, w)}, got {tuple(target.shape)}")
+    f, sh, sw = factor, h // factor, w // factor
+    windows = _tiles(actions, f).reshape(g, b * f * f, sh, sw)  # (G, B*f*f, h/f, w/f)
+    rewards = image_rewards(reward_fn, windows, _tiles(target, f).reshape(b * f * f, sh, sw), low, high)
+    per_window = rewards.view(g, b, f, 1, f, 1)  # (G, B, f, 1, f, 1)
+    return per_window.expand(g, b, f, sh, f, sw).reshape(g, b, h, w)  # (G, B, H, W)
+
+
 def group_advantage(rewards: Tensor) -> Tensor:
-    """R_i minus the mean of the other samples of the same image: (G, B) -> (G, B)."""
+    """R_i minus the mean of the other samples of the same image: (G, ...) -> (G, ...) (per image or per pixel)."""
     g = rewards.shape[0]
     _check_num_samples(g, 2, "for a group baseline")
     return rewards - (rewards.sum(0, keepdim=True) - rewards) / (g - 1)
 
 
 def psd_advantage(rewards: Tensor, actions: Tensor) -> Tensor:
-    """PSD: A^i_p = mean_{j != i} (R_i - R_j) 1[a^i_p != a^j_p]: (G, B), (G, B, H, W) -> (G, B, H, W) float32."""
+    """PSD: A^i_p = mean_{j != i} (R_i - R_j) 1[a^i_p != a^j_p] -> (G, B, H, W) float32.
+
+    rewards: (G, B), one per sampled map, or (G, B, H, W), each pixel's own (window) reward; actions: (G, B, H, W).
+    """
     g = rewards.shape[0]
     _check_num_samples(g, 2, "for pairwise spatial discrepancy")
-    if tuple(actions.shape[:2]) != tuple(rewards.shape):
-        raise ValueError(f"expected actions of shape {tuple(rewards.shape)} + (H, W), got {tuple(actions.shape)}")
+    if tuple(actions.shape[: rewards.dim()]) != tuple(rewards.shape) or rewards.dim() not in (2, 4):
+        raise ValueError(f"expected rewards of shape {tuple(actions.shape[:2])} or {tuple(actions.shape)}, "
+                         f"got {tuple(rewards.shape)}")  # fmt: skip
+    per_pixel = rewards.float() if rewards.dim() == 4 else rewards.float()[:, :, None, None]  # (G, B, H|1, W|1)
     adv = torch.zeros(actions.shape, dtype=torch.float32, device=actions.device)  # (G, B, H, W)
     for j in range(g):  # G is a handful of samples; pixels and images stay batched
-        diff = (rewards - rewards[j]).float()[:, :, None, None]  # (G, B, 1, 1)
+        diff = per_pixel - per_pixel[j]  # (G, B, H|1, W|1)
         adv += diff * (actions != actions[j])  # the j = i term is zero
     return adv / (g - 1)
 
@@ -333,10 +380,13 @@ class RSSConfig:
     psd: bool = True  # pairwise spatial discrepancy (image level)
     normalize: bool = True  # advantage normalisation (synchronised over ranks)
     reward: str = "miou"  # an IMAGE_REWARDS name (image level)
+    psr_mode: str = "grid"  # a PSR_MODES name: how the scale factors act (image level; the pixel level uses grid)
 
     def __post_init__(self) -> None:
         if self.level not in REWARD_LEVELS:
             raise ValueError(f"unknown reward level {self.level!r}; expected one of {list(REWARD_LEVELS)}")
+        if self.psr_mode not in PSR_MODES:
+            raise ValueError(f"unknown PSR mode {self.psr_mode!r}; expected one of {list(PSR_MODES)}")
         _check_temperature(self.temperature)
         _check_num_samples(self.num_samples, 2 if self.level == "image" else 1, f"at the {self.level} level")
 
@@ -356,9 +406,12 @@ def rss_loss(
     """The reward-only loss summed over the active PSR ``factors``, each scale weighted by its own reward.
 
     logits: (B, K, H, W) of the segmentor at the target's size; target: (B, H, W).  Returns the scalar loss and,
-    per factor f, ``reward/f`` (mean reward of the sampled maps) for the plateau schedule and the logs.  The sampling
-    noise comes from ``generator`` (torch's global RNG when None).  ``class_weight`` (K,): each pixel's term weighted
-    by its (pooled) target class, as the main job's ``class_weights`` weight CE (our addition, off when None).
+    per factor f, ``reward/f`` (mean reward of the sampled maps, or of their windows) for the plateau schedule and
+    the logs.  ``config.psr_mode`` says how a factor acts at the image level ("grid": actions on the pooled logits;
+    "window": full-size actions, each window of the f x f tiling scored); the pixel level always pools (grid).  The
+    sampling noise comes from ``generator`` (torch's global RNG when None).  ``class_weight`` (K,): at the pixel
+    level, each pixel's term weighted by its (pooled) target class, as the main job's ``class_weights`` weight CE
+    (our addition, off when None); the image level ignores it, since it would tell the loss each pixel's label.
     """
     _check_logits(logits)
     if tuple(target.shape) != (logits.shape[0], *logits.shape[2:]):
@@ -368,6 +421,8 @@ def rss_loss(
     fn = reward_fn or make_image_reward(config.reward, k)
     if class_weight is not None and tuple(class_weight.shape) != (k,):
         raise ValueError(f"expected a class_weight of shape ({k},), got {tuple(class_weight.shape)}")
+    if config.level == "image" and config.psr_mode == "window":
+        return _window_loss(logits, target.long(), config, factors, fn, info, ignore_index, generator)
     loss = logits.new_zeros((), dtype=torch.float32)
     stats: dict[str, float] = {}
     for f in factors:
@@ -375,25 +430,51 @@ def rss_loss(
         y = mode_pool(target, f, k, ignore_index)  # (B, h, w)
         actions = _sample(logp, config.num_samples, generator)  # (G, B, h, w)
         valid = (y != ignore_index).unsqueeze(0).expand_as(actions)  # void pixels take no action
+        weight = None
         if config.level == "pixel":
             adv = _pixel_advantage(logp, actions, y, ignore_index)
             stats[f"reward/{f}"] = float((actions == y).float()[valid].mean()) if valid.any() else 0.0
+            if class_weight is not None:  # w[y_p] (G, B, h, w); void pixels are masked out anyway
+                weight = class_weight.to(logp.device).float()[y.clamp(0, k - 1)].unsqueeze(0).expand_as(actions)
         else:
             rewards = image_rewards(fn, actions, y)  # (G, B)
             adv = psd_advantage(rewards, actions) if config.psd else group_advantage(rewards)[:, :, None, None]
-            adv = adv.expand_as(actions)
             stats[f"reward/{f}"] = float(rewards.mean())
-        if config.normalize:
-            adv = normalize_advantage(adv, valid, info, center=config.level == "pixel")
-        weight = None
-        if class_weight is not None:  # w[y_p] (G, B, h, w); void pixels are masked out anyway
-            weight = class_weight.to(logp.device).float()[y.clamp(0, k - 1)].unsqueeze(0).expand_as(actions)
-        loss = loss + policy_gradient_loss(_taken(logp, actions), adv, valid, weight)
+        loss = loss + _scale_loss(_taken(logp, actions), adv.expand_as(actions), valid, config, info, weight)
     return loss, stats
+
+
+def _window_loss(
+    logits: Tensor, target: Tensor, config: RSSConfig, factors: Sequence[int], reward_fn: ImageReward,
+    info: DistInfo, ignore_index: int, generator: torch.Generator | None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Window-form PSR: G full-size maps sampled once, scored per window at every active factor (see rss_loss)."""
+    logp = pixel_log_probs(logits, config.temperature)  # (B, K, H, W)
+    actions = _sample(logp, config.num_samples, generator)  # (G, B, H, W)
+    valid = (target != ignore_index).unsqueeze(0).expand_as(actions)  # void pixels take no action
+    taken = _taken(logp, actions)  # (G, B, H, W)
+    loss = logits.new_zeros((), dtype=torch.float32)
+    stats: dict[str, float] = {}
+    for f in factors:
+        rewards = window_rewards(reward_fn, actions, target, f)  # (G, B, H, W): each pixel's window reward
+        adv = psd_advantage(rewards, actions) if config.psd else group_advantage(rewards)
+        stats[f"reward/{f}"] = float(rewards.mean())  # equal-sized windows: the mean over windows
+        loss = loss + _scale_loss(taken, adv, valid, config, info)
+    return loss, stats
+
+
+def _scale_loss(
+    taken: Tensor, adv: Tensor, valid: Tensor, config: RSSConfig, info: DistInfo, weight: Tensor | None = None
+) -> Tensor:
+    """One scale's REINFORCE term: advantages normalised (pixel level centred) over every rank, then the surrogate."""
+    if config.normalize:
+        adv = normalize_advantage(adv, valid, info, center=config.level == "pixel")
+    return policy_gradient_loss(taken, adv, valid, weight)
 
 
 __all__ = [
     "IMAGE_REWARDS",
+    "PSR_MODES",
     "REWARD_LEVELS",
     "RSSConfig",
     "ScaleSchedule",
@@ -412,4 +493,5 @@ __all__ = [
     "psd_advantage",
     "rss_loss",
     "sample_actions",
+    "window_rewards",
 ]

@@ -18,6 +18,7 @@ from segbandit.rewards import (
     dice_reward,
     iou_reward,
     parse_reward_weights,
+    target_iou_reward,
 )
 
 K = 5
@@ -103,6 +104,14 @@ def test_iou_reward_counts_a_class_present_only_in_pred_as_zero():
     pred[0, 0, 0] = 3  # a false positive of a class absent from the target
     # class 0: 15/16, class 3: 0/1 -> mean over the 2 present classes
     assert iou_reward(pred, target, num_classes=K).item() == pytest.approx((15 / 16 + 0.0) / 2)
+
+
+def test_target_iou_reward_averages_over_the_targets_classes_only():
+    target = torch.zeros(1, 4, 4, dtype=torch.int64)
+    target[0, 0, :2] = 1
+    pred = target.clone()
+    pred[0, 3, 3] = 3  # a class absent from the target: costs class 0 one pixel, adds no term of its own
+    assert target_iou_reward(pred, target, num_classes=K).item() == pytest.approx((13 / 14 + 1.0) / 2)
 
 
 # ----------------------------------------------------------------------------- CE

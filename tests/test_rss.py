@@ -17,6 +17,7 @@ from segbandit.rss import (
     psd_advantage,
     rss_loss,
     sample_actions,
+    window_rewards,
 )
 
 
@@ -94,6 +95,34 @@ def test_psd_credits_only_pixels_where_samples_disagree():
     assert norm[:, :, :, 0].abs().max() == 0  # agreement keeps zero credit after normalisation
 
 
+def test_window_rewards_score_each_tile_and_spread_it_over_its_pixels():
+    accuracy = lambda p, t: (p == t).float().mean((1, 2))  # noqa: E731
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    actions = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    actions[0, 0, 0, 2:] = 1  # one wrong row in the top-right 2 x 2 window
+    out = window_rewards(accuracy, actions, target, factor=2)
+    assert out[0, 0].tolist() == [[1.0, 1.0, 0.5, 0.5], [1.0, 1.0, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]
+    assert torch.equal(window_rewards(accuracy, actions, target, factor=1), torch.full((1, 1, 4, 4), 0.875))
+
+
+def test_psd_with_window_rewards_credits_each_pixel_by_its_own_window():
+    rewards = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 0.0]]]])  # (G=2, B=1, 1, 2): the windows disagree on pixel 0 only
+    actions = torch.tensor([[[[0, 1]]], [[[2, 0]]]])  # both pixels differ between the samples
+    assert psd_advantage(rewards, actions).tolist() == [[[[1.0, 0.0]]], [[[-1.0, 0.0]]]]
+
+
+def test_image_level_loss_ignores_class_weights_which_would_reveal_pixel_labels():
+    logits, target = torch.randn(2, 3, 16, 16), _scene(2)
+    loss = lambda w: rss_loss(logits, target, RSSConfig(), (1,), class_weight=w,  # noqa: E731
+                              generator=torch.Generator().manual_seed(0))[0]
+    assert torch.equal(loss(None), loss(torch.tensor([1.0, 5.0, 5.0])))
+
+
+def test_an_unknown_psr_mode_lists_the_valid_modes():
+    with pytest.raises(ValueError, match=r"\['grid', 'window'\]"):
+        RSSConfig(psr_mode="pyramid")
+
+
 def test_psd_with_fewer_than_two_samples_is_a_value_error():
     with pytest.raises(ValueError, match="G >= 2"):
         psd_advantage(torch.ones(1, 2), torch.zeros(1, 2, 4, 4, dtype=torch.long))
@@ -142,8 +171,11 @@ def test_plateau_schedule_moves_when_the_reward_stops_improving():
     assert sched.active() == (2, 1)
 
 
-@pytest.mark.parametrize("level, psd", [("image", True), ("image", False), ("pixel", False)])
-def test_reward_only_training_learns_a_scene_beyond_background(level, psd):
+@pytest.mark.parametrize(
+    "level, psd, mode", [("image", True, "grid"), ("image", False, "grid"), ("pixel", False, "grid"),
+                         ("image", True, "window")]
+)
+def test_reward_only_training_learns_a_scene_beyond_background(level, psd, mode):
     torch.manual_seed(0)
     target = _scene()
     valid = target != IGNORE_INDEX
@@ -152,7 +184,7 @@ def test_reward_only_training_learns_a_scene_beyond_background(level, psd):
     opt = torch.optim.Adam([logits], lr=0.1)
     sched = ScaleSchedule(factors=(4, 2, 1), milestones=(50, 100))
     for it in range(200):
-        loss, _ = rss_loss(logits, target, RSSConfig(level=level, psd=psd), factors=sched.active())
+        loss, _ = rss_loss(logits, target, RSSConfig(level=level, psd=psd, psr_mode=mode), factors=sched.active())
         opt.zero_grad()
         loss.backward()
         opt.step()

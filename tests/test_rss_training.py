@@ -110,10 +110,10 @@ def test_warm_start_from_a_modulated_segmentor_is_a_value_error_naming_the_keys(
         CoTrainer.from_config(rss_cfg(), K).warm_start(path)
 
 
-@pytest.mark.parametrize("level", ["pixel", "image"])
-def test_the_main_job_runs_rss_and_writes_its_reports(level, tmp_path):
+@pytest.mark.parametrize("level, mode", [("pixel", "grid"), ("image", "grid"), ("image", "window")])
+def test_the_main_job_runs_rss_and_writes_its_reports(level, mode, tmp_path):
     out = tmp_path / level
-    result = job.main([*TINY, "--objective", "rss", "--reward-level", level, "--out", str(out)])
+    result = job.main([*TINY, "--objective", "rss", "--reward-level", level, "--psr-mode", mode, "--out", str(out)])
     assert result["iterations"] == 2 and 0.0 <= result["miou"] <= 1.0 and "miou_sampled" not in result
     metrics = rows(out / "metrics.csv")
     assert [r["phase"] for r in metrics] == ["rss", "rss"]
