@@ -54,9 +54,10 @@ class SegPixelBanditConfig:
         reward_level: ``"pixel"`` (the reward is the pixel accuracy over non-void cells; ``info["pixel_reward"]``
             holds the map 1[a_p = y_p], 0 at void, and ``info["valid"]`` the non-void cells) or ``"image"`` (one
             scalar per image from ``image_reward``).
-        image_reward: a name of ``segbandit.rss.IMAGE_REWARDS`` (``"miou"``, ``"dice"``, ``"boundary"``) or a callable
-            ``reward(pred (N, h, w), target (N, h, w)) -> (N,)`` in [0, 1] (checked every step: ValueError on a wrong
-            shape, a non-finite value or a value outside [0, 1]); used at ``reward_level="image"``.
+        image_reward: a name of ``segbandit.rss.IMAGE_REWARDS`` (``"miou"``, ``"miou_target"``, ``"dice"``,
+            ``"boundary"``) or a callable ``reward(pred (N, h, w), target (N, h, w)) -> (N,)`` in [0, 1] (checked every
+            step: ValueError on a wrong shape, a non-finite value or a value outside [0, 1]); used at
+            ``reward_level="image"``.
         array_type: ``"numpy"`` (Gymnasium's convention) or ``"torch"`` (tensors stay on ``device``).
         device: where images, targets and rewards live; None means CPU.
         num_workers: DataLoader worker processes (0 loads in the stepping process).
