@@ -3,9 +3,9 @@
 The policy here is a free logit map per val scene (no network): each variant of ``segbandit.rss.rss_loss`` —
 pixel-level reward, image-level reward (``--reward``, an ``IMAGE_REWARDS`` name) with the group baseline, with PSD,
 each without PSR and with the PSR schedule over factors 8 -> 4 -> 2 -> 1 in its grid form (1/8 -> 1/4 -> 1/2 -> 1/1
-logit grids) and, at the image level, its window form (8 x 8 -> 4 x 4 -> 2 x 2 tilings -> the whole image) — optimises the same logits from zero with Adam for ``--iters`` steps, and the
-mIoU of argmax(logits) against the masks is reported (mean ± std over ``--seeds``), beside predicting background
-everywhere.  It isolates the objective from the segmentor: it says how well each reward's gradient finds the
+logit grids) and, at the image level, its window form (8 x 8 -> 4 x 4 -> 2 x 2 tilings -> the whole image) —
+optimises the same logits from zero with Adam for ``--iters`` steps, and the mIoU of argmax(logits) against the
+masks is reported (mean ± std over ``--seeds``), beside predicting background everywhere.  It isolates the objective from the segmentor: it says how well each reward's gradient finds the
 right label per pixel, not how well a network generalises from it (that is the main job's measurement).
 
     python benchmarks/rss_objective.py                          # 3 seeds, 16 scenes of 32 px, 300 steps, the miou reward

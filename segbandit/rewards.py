@@ -38,8 +38,8 @@ __all__ = [
     "confusion_per_image",
     "dice_reward",
     "iou_reward",
-    "target_iou_reward",
     "parse_reward_weights",
+    "target_iou_reward",
 ]
 
 REWARD_TERMS: tuple[str, ...] = ("iou", "dice", "ce", "boundary")  # the terms of Eq. 15, in order
@@ -164,11 +164,11 @@ def _mean_over_present(score: Tensor, present: Tensor) -> Tensor:
     return torch.where(n > 0, total / n.clamp(min=1), torch.zeros_like(total))
 
 
-def _iou_from_confusion(conf: Tensor) -> Tensor:
+def _iou_from_confusion(conf: Tensor, present: Tensor | None = None) -> Tensor:
+    """Mean IoU per image over ``present`` (B, K) classes; by default those in the prediction or the target."""
     tp, fp, fn = _tp_fp_fn(conf)
     union = tp + fp + fn  # (B, K)
-    present = union > 0
-    return _mean_over_present(tp / union.clamp(min=1), present)
+    return _mean_over_present(tp / union.clamp(min=1), union > 0 if present is None else present)
 
 
 def _dice_from_confusion(conf: Tensor) -> Tensor:
@@ -198,8 +198,7 @@ def target_iou_reward(pred: Tensor, target: Tensor, num_classes: int, ignore_ind
     all-void image.
     """
     conf = confusion_per_image(pred, target, num_classes, ignore_index)  # (B, K, K)
-    tp, fp, fn = _tp_fp_fn(conf)
-    return _mean_over_present(tp / (tp + fp + fn).clamp(min=1), conf.sum(2) > 0)
+    return _iou_from_confusion(conf, present=conf.sum(2) > 0)  # rows = target: its classes
 
 
 def dice_reward(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
